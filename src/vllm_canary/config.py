@@ -1,0 +1,73 @@
+"""Typed settings, loaded once and passed down.
+
+Every command's settings are a pydantic model. Values come from, lowest first: the model's
+defaults, a YAML settings file (`--config`), `VLLM_CANARY_*` environment variables, and the
+flags the user actually gave. Unknown keys and bad values are a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from vllm_canary.errors import ConfigError
+
+ENV_PREFIX = "VLLM_CANARY_"
+S = TypeVar("S", bound=BaseModel)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping of setting: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _from_env(model: type[BaseModel], env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        raw = env.get(prefix + name.upper())
+        if raw is None:
+            continue
+        # Lists and mappings are written as YAML (`[a, b]`, `{k: v}`); scalars stay strings
+        # and pydantic converts them, so "0.5" -> 0.5 and "true" -> True.
+        origin = getattr(field.annotation, "__origin__", None)
+        found[name] = yaml.safe_load(raw) if origin in (list, dict) else raw
+    return found
+
+
+def load_settings(
+    model: type[S],
+    flags: Mapping[str, Any],
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    env_prefix: str = ENV_PREFIX,
+) -> S:
+    """Merge defaults < file < environment < flags (None means "flag not given")."""
+    env = os.environ if env is None else env
+    if file is None and env.get(env_prefix + "CONFIG"):
+        file = Path(env[env_prefix + "CONFIG"])
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update(_read_file(file))
+    values.update(_from_env(model, env, env_prefix))
+    values.update({k: v for k, v in flags.items() if v is not None and k in model.model_fields})
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where!r}: {first['msg']}") from None
