@@ -1,8 +1,9 @@
 """The `vllm` engine: run vLLM's own OpenAI server as a supervised child and front it.
 
 The child is `<python> -m vllm.entrypoints.openai.api_server` on a loopback port; we are ready
-only once its /health answers 200, and if it dies we turn unhealthy and tell the front (through
-`on_exit` or `wait_exit()`) so the server exits non-zero instead of serving errors forever.
+only once its /health answers 200, and if it dies we turn unhealthy and tell the front (the
+`failed` event, `on_exit` or `wait_exit()`) so the server exits non-zero instead of serving
+errors forever.
 Requests are delegated to an UpstreamEngine pointed at the child.
 """
 
@@ -104,6 +105,8 @@ class VllmEngine:
         self._closing = False
         self._exited: asyncio.Future[int] | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        # Set when the child died underneath us (the front then exits non-zero).
+        self.failed = asyncio.Event()
 
     @property
     def base_url(self) -> str:
@@ -183,6 +186,7 @@ class VllmEngine:
         if not self._closing:
             log.error("vLLM child exited with code %s", code)
             code = code or 1  # an unexpected exit is a failure even when the child said 0
+            self.failed.set()
             if self.on_exit is not None:
                 self.on_exit(code)
         if self._exited is not None and not self._exited.done():
