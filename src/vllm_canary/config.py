@@ -69,5 +69,8 @@ def load_settings(
         return model.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"invalid setting {where!r}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across settings: its message says it all
+            raise ConfigError(message) from None
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where!r}: {message}") from None

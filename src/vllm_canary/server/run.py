@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -23,7 +24,8 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
     try:
         await site.start()
     except OSError as exc:
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UserError(f"cannot listen on {host}:{port}: {reason.lower()}") from None
 
 
 async def serve(settings: ServeSettings) -> int:
