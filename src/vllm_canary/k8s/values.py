@@ -1,0 +1,58 @@
+"""Helm-style values: `-f` files and `--set` expressions merged in order, later wins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vllm_canary.errors import UserError
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge mappings recursively like `helm -f a -f b`: maps merge, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_values_file(path: Path) -> dict[str, Any]:
+    """One `-f` file; a missing, unreadable or non-mapping file is a UserError."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read values file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"values file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"values file {path} must hold a mapping at the top level")
+    return data
+
+
+def parse_set(expression: str) -> dict[str, Any]:
+    """A `--set a.b=c,d=e` expression, parsed by Helm's own parser."""
+    import helm_python as helm
+
+    try:
+        return helm.parse_set_string(expression)
+    except helm.HelmError as exc:
+        raise UserError(f"bad --set {expression!r}: {exc}") from None
+
+
+def collect(files: Iterable[Path] = (), sets: Iterable[str] = ()) -> dict[str, Any]:
+    """Values from files, then `--set` expressions, in command-line order within each kind."""
+    values: dict[str, Any] = {}
+    for path in files:
+        values = deep_merge(values, read_values_file(path))
+    for expression in sets:
+        values = deep_merge(values, parse_set(expression))
+    return values
