@@ -1,0 +1,277 @@
+"""Compile checked Istio objects into the routing core's immutable RouteTable."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from vllm_canary.gateway import istio_fields as F
+from vllm_canary.gateway.istio import Checker, IstioObjects, RoutesError
+from vllm_canary.gateway.routing import (
+    Destination,
+    Fault,
+    HeaderEdit,
+    HeaderOps,
+    HttpRoute,
+    MatchBlock,
+    Mirror,
+    OutlierDetection,
+    Retries,
+    RouteTable,
+    Service,
+    VirtualHost,
+    fqdn,
+)
+
+
+def compile_table(objs: IstioObjects) -> RouteTable:
+    """Check every field and build the table; raises RoutesError naming object and field."""
+    services: dict[str, Service] = {}
+    for doc in objs.destinationrules:
+        svc = _service(doc)
+        if svc.host in services:
+            raise RoutesError(f"two DestinationRules for host {svc.host}; keep one")
+        services[svc.host] = svc
+    vhosts = tuple(_virtual_host(doc, services) for doc in objs.virtualservices)
+    return RouteTable(vhosts, services)
+
+
+def _service(doc: dict[str, Any]) -> Service:
+    o = Checker(doc)
+    spec = o.fields(doc.get("spec"), "spec", F.DR_SPEC, F.DR_SPEC_ISTIO)
+    host = fqdn(o.string(spec.get("host"), "spec.host"), o.namespace)
+    subsets: dict[str, dict[str, str]] = {}
+    for i, raw in enumerate(o.items(spec.get("subsets"), "spec.subsets")):
+        path = f"spec.subsets[{i}]"
+        sub = o.fields(raw, path, F.SUBSET, F.SUBSET_ISTIO)
+        name = o.string(sub.get("name"), f"{path}.name")
+        labels = sub.get("labels") or {}
+        if not isinstance(labels, dict):
+            o.fail(f"{path}.labels", "must be a mapping of label: value")
+        if name in subsets:
+            o.fail(f"{path}.name", f"subset {name!r} is defined twice")
+        subsets[name] = {str(k): str(v) for k, v in labels.items()}
+    lb, outlier = "ROUND_ROBIN", None
+    if spec.get("trafficPolicy") is not None:
+        tp = o.fields(spec["trafficPolicy"], "spec.trafficPolicy", F.TRAFFIC_POLICY,
+                      F.TRAFFIC_POLICY_ISTIO)
+        if tp.get("loadBalancer") is not None:
+            lbs = o.fields(tp["loadBalancer"], "spec.trafficPolicy.loadBalancer",
+                           F.LOAD_BALANCER, F.LOAD_BALANCER_ISTIO)
+            where = "spec.trafficPolicy.loadBalancer.simple"
+            lb = o.string(lbs.get("simple", "ROUND_ROBIN"), where)
+            if lb not in F.LB_SIMPLE:
+                o.fail(where, f"must be one of {', '.join(sorted(F.LB_SIMPLE))}")
+            lb = "ROUND_ROBIN" if lb == "UNSPECIFIED" else lb
+        if tp.get("outlierDetection") is not None:
+            outlier = _outlier(o, tp["outlierDetection"], "spec.trafficPolicy.outlierDetection")
+    return Service(host, subsets, o.name, o.namespace, lb, outlier)
+
+
+def _outlier(o: Checker, node: Any, path: str) -> OutlierDetection:
+    od = o.fields(node, path, F.OUTLIER, F.OUTLIER_ISTIO)
+    base = OutlierDetection()
+
+    def count(key: str, default: int | None) -> int | None:
+        return default if key not in od else int(o.number(od[key], f"{path}.{key}", 0, 1e9))
+
+    return OutlierDetection(
+        consecutive_5xx=count("consecutive5xxErrors", base.consecutive_5xx),
+        consecutive_gateway=count("consecutiveGatewayErrors", None),
+        interval=o.duration(od["interval"], f"{path}.interval") if "interval" in od
+        else base.interval,
+        base_ejection=o.duration(od["baseEjectionTime"], f"{path}.baseEjectionTime")
+        if "baseEjectionTime" in od else base.base_ejection,
+        max_ejection_percent=o.number(od.get("maxEjectionPercent", base.max_ejection_percent),
+                                      f"{path}.maxEjectionPercent", 0, 100),
+    )
+
+
+def _virtual_host(doc: dict[str, Any], services: dict[str, Service]) -> VirtualHost:
+    o = Checker(doc)
+    spec = o.fields(doc.get("spec"), "spec", F.VS_SPEC, F.VS_SPEC_ISTIO)
+    hosts = [o.string(h, f"spec.hosts[{i}]") for i, h in enumerate(o.items(spec.get("hosts"),
+                                                                          "spec.hosts"))]
+    if not hosts:
+        o.fail("spec.hosts", "needs at least one host")
+    for i, g in enumerate(o.items(spec.get("gateways"), "spec.gateways")):
+        o.string(g, f"spec.gateways[{i}]")  # the local gateway is both the mesh and the ingress
+    for i, e in enumerate(o.items(spec.get("exportTo"), "spec.exportTo")):
+        o.string(e, f"spec.exportTo[{i}]")  # one namespace locally: visibility always holds
+    raw_routes = o.items(spec.get("http"), "spec.http")
+    if not raw_routes:
+        o.fail("spec.http", "needs at least one http route")
+    routes = tuple(_route(o, r, f"spec.http[{i}]", i, services) for i, r in enumerate(raw_routes))
+    return VirtualHost(o.name, o.namespace, tuple(fqdn(h.lower(), o.namespace) for h in hosts),
+                       routes)
+
+
+def _route(o: Checker, raw: Any, path: str, index: int, services: dict[str, Service]) -> HttpRoute:
+    r = o.fields(raw, path, F.HTTP_ROUTE, F.HTTP_ROUTE_ISTIO)
+    name = o.string(r["name"], f"{path}.name") if "name" in r else f"http[{index}]"
+    matches = tuple(_match(o, m, f"{path}.match[{j}]")
+                    for j, m in enumerate(o.items(r.get("match"), f"{path}.match")))
+    dests = o.items(r.get("route"), f"{path}.route")
+    if not dests:
+        o.fail(f"{path}.route", "needs at least one destination")
+    destinations = _weighted(o, dests, f"{path}.route", services)
+    return HttpRoute(
+        name=name,
+        matches=matches,
+        destinations=destinations,
+        mirrors=_mirrors(o, r, path, services),
+        timeout=o.duration(r["timeout"], f"{path}.timeout") if "timeout" in r else None,
+        retries=_retries(o, r["retries"], f"{path}.retries") if "retries" in r else Retries(),
+        fault=_fault(o, r["fault"], f"{path}.fault") if "fault" in r else None,
+        headers=_header_ops(o, r.get("headers"), f"{path}.headers"),
+    )
+
+
+def _match(o: Checker, raw: Any, path: str) -> MatchBlock:
+    m = o.fields(raw, path, F.MATCH, F.MATCH_ISTIO)
+    one = {k: o.string_match(m[k], f"{path}.{k}") for k in ("uri", "method", "authority") if k in m}
+    ignore_case = m.get("ignoreUriCase", False)
+    if not isinstance(ignore_case, bool):
+        o.fail(f"{path}.ignoreUriCase", "must be true or false")
+    return MatchBlock(
+        name=str(m.get("name", "")),
+        uri=one.get("uri"),
+        ignore_uri_case=ignore_case,
+        method=one.get("method"),
+        authority=one.get("authority"),
+        headers=o.string_map(m["headers"], f"{path}.headers", True) if "headers" in m else (),
+        without_headers=o.string_map(m["withoutHeaders"], f"{path}.withoutHeaders", True)
+        if "withoutHeaders" in m else (),
+        query_params=o.string_map(m["queryParams"], f"{path}.queryParams", True)
+        if "queryParams" in m else (),
+    )
+
+
+def _destination(o: Checker, raw: Any, path: str, services: dict[str, Service],
+                 weight: int = 100, headers: HeaderOps | None = None) -> Destination:
+    d = o.fields(raw, path, F.DESTINATION)
+    host = fqdn(o.string(d.get("host"), f"{path}.host").lower(), o.namespace)
+    subset = o.string(d["subset"], f"{path}.subset") if "subset" in d else None
+    if subset is not None:
+        svc = services.get(host)
+        if svc is None:
+            o.fail(f"{path}.subset", f"no DestinationRule for host {host} defines subsets")
+        if subset not in svc.subsets:
+            o.fail(f"{path}.subset", f"subset {subset!r} is not in DestinationRule "
+                   f"{svc.namespace}/{svc.name} (has {', '.join(svc.subsets) or 'none'})")
+    port = None
+    if "port" in d:
+        p = o.fields(d["port"], f"{path}.port", F.PORT)
+        port = int(o.number(p.get("number"), f"{path}.port.number", 1, 65535))
+    return Destination(host, subset, port, weight, headers or HeaderOps())
+
+
+def _weighted(o: Checker, dests: list[Any], path: str,
+              services: dict[str, Service]) -> tuple[Destination, ...]:
+    out = []
+    for i, raw in enumerate(dests):
+        rd = o.fields(raw, f"{path}[{i}]", F.ROUTE_DEST)
+        weight = int(o.number(rd.get("weight", 0), f"{path}[{i}].weight", 0, 100))
+        if "weight" in rd and not isinstance(rd["weight"], int):
+            o.fail(f"{path}[{i}].weight", "must be a whole number")
+        headers = _header_ops(o, rd.get("headers"), f"{path}[{i}].headers")
+        out.append(_destination(o, rd.get("destination"), f"{path}[{i}].destination", services,
+                                weight, headers))
+    if len(out) == 1:  # a lone destination takes all traffic, whatever its weight says
+        out[0] = replace(out[0], weight=100)
+    elif sum(d.weight for d in out) != 100:
+        weights = ", ".join(f"{d.subset or d.host}={d.weight}" for d in out)
+        o.fail(path, f"weights must sum to 100 (got {weights})")
+    return tuple(out)
+
+
+def _mirrors(o: Checker, r: dict[str, Any], path: str,
+             services: dict[str, Service]) -> tuple[Mirror, ...]:
+    if "mirror" in r and "mirrors" in r:
+        o.fail(f"{path}.mirrors", "use either mirror or mirrors, not both")
+    if "mirror" in r:
+        pct = 100.0
+        if "mirrorPercentage" in r:
+            pct = o.percentage(r["mirrorPercentage"], f"{path}.mirrorPercentage")
+        for key in ("mirrorPercent", "mirror_percent"):
+            if key in r:
+                pct = o.number(r[key], f"{path}.{key}", 0, 100)
+        return (Mirror(_destination(o, r["mirror"], f"{path}.mirror", services), pct),)
+    mirrors = []
+    for i, raw in enumerate(o.items(r.get("mirrors"), f"{path}.mirrors")):
+        m = o.fields(raw, f"{path}.mirrors[{i}]", F.MIRRORS_ITEM)
+        pct = o.percentage(m["percentage"], f"{path}.mirrors[{i}].percentage") \
+            if "percentage" in m else 100.0
+        dest = _destination(o, m.get("destination"), f"{path}.mirrors[{i}].destination", services)
+        mirrors.append(Mirror(dest, pct))
+    return tuple(mirrors)
+
+
+def _retries(o: Checker, raw: Any, path: str) -> Retries:
+    r = o.fields(raw, path, F.RETRIES, F.RETRIES_ISTIO)
+    default = Retries()
+    attempts = int(o.number(r.get("attempts", default.attempts), f"{path}.attempts", 0, 100))
+    retry_on, codes = default.retry_on, default.status_codes
+    if "retryOn" in r:
+        retry_on, found = set(), set()
+        for part in o.string(r["retryOn"], f"{path}.retryOn").split(","):
+            part = part.strip()
+            if part.isdigit() and 100 <= int(part) <= 599:
+                found.add(int(part))
+                retry_on.add("retriable-status-codes")
+            elif part in F.RETRY_ON:
+                retry_on.add(part)
+            elif part:
+                o.fail(f"{path}.retryOn", f"unknown retry condition {part!r}")
+        retry_on, codes = frozenset(retry_on), frozenset(found)
+    return Retries(
+        attempts=attempts,
+        per_try_timeout=o.duration(r["perTryTimeout"], f"{path}.perTryTimeout")
+        if "perTryTimeout" in r else None,
+        retry_on=retry_on,
+        status_codes=codes,
+        backoff=o.duration(r["backoff"], f"{path}.backoff") if "backoff" in r else default.backoff,
+    )
+
+
+def _fault(o: Checker, raw: Any, path: str) -> Fault:
+    f = o.fields(raw, path, F.FAULT)
+    delay = delay_pct = abort = None
+    abort_pct = 100.0
+    if "delay" in f:
+        d = o.fields(f["delay"], f"{path}.delay", F.DELAY, F.DELAY_ISTIO)
+        delay = o.duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay")
+        if "percentage" in d:
+            delay_pct = o.percentage(d["percentage"], f"{path}.delay.percentage")
+        else:
+            delay_pct = o.number(d.get("percent", 100), f"{path}.delay.percent", 0, 100)
+    if "abort" in f:
+        a = o.fields(f["abort"], f"{path}.abort", F.ABORT, F.ABORT_ISTIO)
+        abort = int(o.number(a.get("httpStatus"), f"{path}.abort.httpStatus", 200, 599))
+        if "percentage" in a:
+            abort_pct = o.percentage(a["percentage"], f"{path}.abort.percentage")
+    return Fault(delay, 100.0 if delay_pct is None else delay_pct, abort, abort_pct)
+
+
+def _header_ops(o: Checker, raw: Any, path: str) -> HeaderOps:
+    if raw is None:
+        return HeaderOps()
+    h = o.fields(raw, path, F.HEADERS)
+    return HeaderOps(_edit(o, h.get("request"), f"{path}.request"),
+                     _edit(o, h.get("response"), f"{path}.response"))
+
+
+def _edit(o: Checker, raw: Any, path: str) -> HeaderEdit:
+    if raw is None:
+        return HeaderEdit()
+    e = o.fields(raw, path, F.HEADER_EDIT)
+
+    def pairs(key: str) -> tuple[tuple[str, str], ...]:
+        node = e.get(key) or {}
+        if not isinstance(node, dict):
+            o.fail(f"{path}.{key}", "must be a mapping of header: value")
+        return tuple((str(k).lower(), str(v)) for k, v in node.items())
+
+    remove = tuple(o.string(x, f"{path}.remove[{i}]").lower()
+                   for i, x in enumerate(o.items(e.get("remove"), f"{path}.remove")))
+    return HeaderEdit(pairs("set"), pairs("add"), remove)

@@ -1,0 +1,63 @@
+"""Field names per level of the Istio objects: what the local gateway executes, and what the
+Istio schema (customresourcedefinitions.gen.yaml, v1.30) has but the gateway refuses."""
+
+from __future__ import annotations
+
+VS_SPEC = frozenset({"hosts", "gateways", "exportTo", "http"})
+VS_SPEC_ISTIO = frozenset({"tcp", "tls"})
+HTTP_ROUTE = frozenset({
+    "name", "match", "route", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
+    "mirror_percent", "timeout", "retries", "fault", "headers",
+})
+HTTP_ROUTE_ISTIO = frozenset({"corsPolicy", "delegate", "directResponse", "redirect", "rewrite"})
+MATCH = frozenset({
+    "name", "uri", "ignoreUriCase", "method", "authority", "headers", "withoutHeaders",
+    "queryParams",
+})
+MATCH_ISTIO = frozenset({
+    "gateways", "port", "scheme", "sourceLabels", "sourceNamespace", "statPrefix",
+})
+STRING_MATCH = frozenset({"exact", "prefix", "regex"})
+ROUTE_DEST = frozenset({"destination", "weight", "headers"})
+DESTINATION = frozenset({"host", "subset", "port"})
+PORT = frozenset({"number"})
+MIRRORS_ITEM = frozenset({"destination", "percentage"})
+PERCENT = frozenset({"value"})
+RETRIES = frozenset({"attempts", "perTryTimeout", "retryOn", "backoff"})
+RETRIES_ISTIO = frozenset({"retryIgnorePreviousHosts", "retryRemoteLocalities"})
+FAULT = frozenset({"delay", "abort"})
+DELAY = frozenset({"fixedDelay", "percentage", "percent"})
+DELAY_ISTIO = frozenset({"exponentialDelay"})
+ABORT = frozenset({"httpStatus", "percentage"})
+ABORT_ISTIO = frozenset({"grpcStatus", "http2Error"})
+HEADERS = frozenset({"request", "response"})
+HEADER_EDIT = frozenset({"set", "add", "remove"})
+
+DR_SPEC = frozenset({"host", "subsets", "trafficPolicy", "exportTo"})
+DR_SPEC_ISTIO = frozenset({"workloadSelector"})
+SUBSET = frozenset({"name", "labels"})
+SUBSET_ISTIO = frozenset({"trafficPolicy"})
+TRAFFIC_POLICY = frozenset({"loadBalancer", "outlierDetection"})
+TRAFFIC_POLICY_ISTIO = frozenset({
+    "connectionPool", "portLevelSettings", "proxyProtocol", "tls", "tunnel", "retryBudget",
+})
+LOAD_BALANCER = frozenset({"simple"})
+LOAD_BALANCER_ISTIO = frozenset({
+    "consistentHash", "localityLbSetting", "warmup", "warmupDurationSecs",
+})
+LB_SIMPLE = frozenset({"UNSPECIFIED", "ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"})
+OUTLIER = frozenset({
+    "consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime",
+    "maxEjectionPercent",
+})
+OUTLIER_ISTIO = frozenset({
+    "consecutiveErrors", "consecutiveLocalOriginFailures", "minHealthPercent",
+    "splitExternalLocalOriginErrors",
+})
+
+# Envoy retry conditions for HTTP; gRPC ones never fire on HTTP/1 JSON answers, as in Envoy.
+RETRY_ON = frozenset({
+    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+    "retriable-4xx", "refused-stream", "retriable-status-codes", "envoy-ratelimited",
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+})
