@@ -1,0 +1,114 @@
+"""Pick N distinct real prompts from a day's request logs, uniformly and with bounded memory.
+
+Bottom-k sampling: every normalised prompt gets a priority from a keyed hash (seed + prompt),
+and the N lowest priorities win. Duplicates share a priority, so they deduplicate for free;
+memory is O(N) whatever the log size; the same seed and logs always give the same sample;
+and a larger N gives a superset of a smaller one, so re-running with more keeps what exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from vllm_canary.dataloop.logs import ReadStats
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    """Case-, width- and whitespace-insensitive form of a prompt, for deduplication."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def prompt_key(rec: dict[str, Any]) -> str | None:
+    """The normalised prompt of a log record (chat messages as `role: content` lines)."""
+    messages = rec.get("messages")
+    if isinstance(messages, list) and messages:
+        parts = []
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+                return None
+            parts.append(f"{m.get('role', 'user')}: {normalise(m['content'])}")
+        key = "\n".join(parts)
+        return "chat\n" + key if key.strip() else None
+    prompt = rec.get("prompt")
+    if isinstance(prompt, str) and (text := normalise(prompt)):
+        return text
+    return None
+
+
+def sample_id(day: date, key: str) -> str:
+    """Stable id of a sample: the same normalised prompt on the same day gives the same id."""
+    return hashlib.sha256(f"{day:%Y%m%d}\n{key}".encode()).hexdigest()[:16]
+
+
+def priority(seed: int, key: str) -> int:
+    digest = hashlib.blake2b(key.encode(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "big")
+
+
+def exclusion(rec: dict[str, Any]) -> str | None:
+    """Why a record must not be sampled (None when it may be)."""
+    if rec.get("opt_out"):
+        return "opted_out"
+    status = rec.get("status")
+    if rec.get("error") or not isinstance(status, int) or not 200 <= status < 300:
+        return "failed"
+    if rec.get("endpoint") not in (None, "/v1/completions", "/v1/chat/completions"):
+        return "other_endpoint"
+    return None
+
+
+@dataclass(frozen=True)
+class Picked:
+    """One selected prompt: its priority (lower wins), key and the first record that had it."""
+
+    priority: int
+    key: str
+    record: dict[str, Any]
+
+
+def select(records: Iterable[dict[str, Any]], n: int, seed: int, stats: ReadStats) -> list[Picked]:
+    """The n distinct prompts with the lowest keyed-hash priority, lowest first."""
+    heap: list[tuple[int, str]] = []  # max-heap via negated priority
+    kept: dict[str, Picked] = {}
+    for rec in records:
+        reason = exclusion(rec)
+        key = None if reason else prompt_key(rec)
+        if reason or key is None:
+            stats.exclude(reason or "empty")
+            continue
+        if key in kept:
+            continue
+        prio = priority(seed, key)
+        if len(heap) < n:
+            heapq.heappush(heap, (-prio, key))
+        elif prio < -heap[0][0]:
+            _, dropped = heapq.heappushpop(heap, (-prio, key))
+            del kept[dropped]
+        else:
+            continue
+        kept[key] = Picked(prio, key, rec)
+    return sorted(kept.values(), key=lambda p: p.priority)
+
+
+def request_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """What to send to each version: the logged endpoint and params, one non-streamed choice."""
+    params = {k: v for k, v in (rec.get("params") or {}).items() if v is not None}
+    params.update(n=1, stream=False)
+    chat = isinstance(rec.get("messages"), list) and bool(rec.get("messages"))
+    body: dict[str, Any] = {"messages": rec["messages"]} if chat else {"prompt": rec["prompt"]}
+    return {"endpoint": "/v1/chat/completions" if chat else "/v1/completions",
+            "params": params, **body}
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False)
