@@ -1,0 +1,60 @@
+"""`vllm-canary loop daily`: what the CronJob runs each night — sample yesterday's prompts and,
+when a Label Studio URL is configured, push them for annotation. Settings come from flags,
+`VLLM_CANARY_*` variables or a YAML file (see vllm_canary.config)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from vllm_canary.config import load_settings
+from vllm_canary.errors import ConfigError
+
+
+class DailySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    logs: Path = Path("logs")
+    out: Path = Path("annotations")
+    date: str | None = None
+    n: int = 100
+    v1: str | None = None
+    v2: str | None = None
+    seed: int = 0
+    mode: Literal["rating", "pairwise"] = "pairwise"
+    labelstudio_url: str | None = None
+    labelstudio_token: str | None = None
+    concurrency: int = 8
+    timeout: float = 60.0
+    retries: int = 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sample the day, then push it when Label Studio is configured."""
+    from vllm_canary.dataloop import collect, generate, labelstudio, lsclient, samplefile
+    from vllm_canary.dataloop.commands import default_title, parse_day
+
+    s = load_settings(DailySettings, vars(args), file=args.config)
+    if not s.v1 or not s.v2:
+        raise ConfigError("loop daily needs the URLs of both versions: --v1/--v2, "
+                          "VLLM_CANARY_V1/VLLM_CANARY_V2 or v1:/v2: in --config")
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    day = parse_day(s.date, yesterday)
+    targets = [generate.Target("v1", s.v1), generate.Target("v2", s.v2)]
+    res = collect.run_sample(s.logs, day, s.n, targets, s.out, seed=s.seed,
+                             policy=generate.Policy(s.concurrency, s.timeout, s.retries))
+    print(f"{res.path}: {res.items} items ({res.stats.lines} log lines, "
+          f"{res.failed_answers} failed answers)")
+    if s.labelstudio_url:
+        tasks = labelstudio.tasks_for(samplefile.load_samples(res.path), s.mode, seed=s.seed)
+        pushed = lsclient.push(s.labelstudio_url, s.labelstudio_token or "", tasks, s.mode,
+                               default_title(res.path, s.mode))
+        print(f"Label Studio project {pushed.project_id}: {pushed.imported} tasks imported, "
+              f"{pushed.already_there} already there")
+    else:
+        print("Label Studio not configured (VLLM_CANARY_LABELSTUDIO_URL): push skipped")
+    return 0
