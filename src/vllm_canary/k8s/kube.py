@@ -33,10 +33,18 @@ def _client(kubeconfig: str | None, context: str | None) -> Any:
     return client.ApiClient()
 
 
-def _items(api: Any, response: Any, kind: str, api_version: str) -> list[Manifest]:
+def _items(response: Any, kind: str, api_version: str) -> list[Manifest]:
+    """Objects of a raw list response; the JSON is read as is, so a field the client's
+    models would reject (or not know) still reaches the checks."""
+    import json
+
+    try:
+        listing = json.loads(response.data)
+    except ValueError as exc:
+        raise UserError(f"the Kubernetes API sent a {kind} list that is not JSON: {exc}") \
+            from None
     found = []
-    for item in response.items:
-        obj = api.sanitize_for_serialization(item)
+    for obj in listing.get("items") or []:
         obj.setdefault("kind", kind)
         obj.setdefault("apiVersion", api_version)
         found.append(Manifest("live", obj))
@@ -56,21 +64,21 @@ def live_objects(
     hpa, custom = client.AutoscalingV2Api(api), client.CustomObjectsApi(api)
     found: list[Manifest] = []
     try:
-        found += _items(api, core.list_namespaced_service(namespace), "Service", "v1")
-        found += _items(api, apps.list_namespaced_deployment(namespace), "Deployment", "apps/v1")
-        found += _items(api, hpa.list_namespaced_horizontal_pod_autoscaler(namespace),
+        raw = {"_preload_content": False}
+        found += _items(core.list_namespaced_service(namespace, **raw), "Service", "v1")
+        found += _items(apps.list_namespaced_deployment(namespace, **raw), "Deployment",
+                        "apps/v1")
+        found += _items(hpa.list_namespaced_horizontal_pod_autoscaler(namespace, **raw),
                         "HorizontalPodAutoscaler", "autoscaling/v2")
         for group, version, plural, kind in CUSTOM_KINDS:
             try:
-                listing = custom.list_namespaced_custom_object(group, version, namespace, plural)
+                response = custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, **raw)
             except ApiException as exc:
                 if exc.status == 404:  # the CRD is not installed: nothing of that kind
                     continue
                 raise
-            for obj in listing.get("items", []):
-                obj.setdefault("kind", kind)
-                obj.setdefault("apiVersion", f"{group}/{version}")
-                found.append(Manifest("live", obj))
+            found += _items(response, kind, f"{group}/{version}")
     except ApiException as exc:
         raise UserError(f"the Kubernetes API refused a list call: {exc.status} {exc.reason}") \
             from None

@@ -53,6 +53,9 @@ def collect(files: Iterable[Path] = (), sets: Iterable[str] = ()) -> dict[str, A
     values: dict[str, Any] = {}
     for path in files:
         values = deep_merge(values, read_values_file(path))
-    for expression in sets:
-        values = deep_merge(values, parse_set(expression))
+    sets = [s for s in sets if s]
+    if sets:
+        # Helm parses every --set into one map in order, so list indexes from several
+        # flags combine; joining them with commas does exactly that.
+        values = deep_merge(values, parse_set(",".join(sets)))
     return values
