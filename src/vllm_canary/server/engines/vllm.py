@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -184,6 +185,8 @@ class VllmEngine:
         self._child_ready = False
         code = self.proc.returncode
         if not self._closing:
+            # vLLM's engine-core and worker processes outlive a killed API server: end them too.
+            await asyncio.to_thread(_end_group, self.proc.pid, 0.0)
             log.error("vLLM child exited with code %s", code)
             code = code or 1  # an unexpected exit is a failure even when the child said 0
             self.failed.set()
@@ -216,6 +219,7 @@ class VllmEngine:
             await self._upstream.close()
         if self.proc is not None:
             await asyncio.to_thread(procs.stop, self.proc, 15.0)
+            await asyncio.to_thread(_end_group, self.proc.pid, 5.0)
         if self._supervisor is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(self._supervisor, 5)
@@ -241,3 +245,18 @@ class VllmEngine:
                 yield event
         finally:  # close the upstream stream now, not when the garbage collector gets to it
             await events.aclose()
+
+
+def _end_group(pgid: int, grace: float) -> None:
+    """Wait up to `grace` seconds for what is left of a process group to exit, then SIGKILL it."""
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.1)

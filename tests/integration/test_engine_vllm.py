@@ -1,0 +1,122 @@
+"""`vllm-canary serve --engine vllm` with the real vLLM (CPU build) and a tiny local model,
+driven by the official `openai` client: answers, streaming, our metrics and vLLM's own.
+
+One server is shared by the module (vLLM takes ~30-90 s to start here); the last test kills
+vLLM underneath it and checks that `serve` notices and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.real
+
+
+def client(vllm_server: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{vllm_server.server.url}/v1", api_key="unused",
+                         max_retries=0, timeout=60)
+
+
+def metric_samples(url: str) -> list[Any]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def test_models_and_version_header(vllm_server: Any) -> None:
+    raw = client(vllm_server).models.with_raw_response.list()
+    assert raw.headers["x-model-version"] == "v2"
+    assert [m.id for m in raw.parse().data] == ["tiny-v2"]
+
+
+def test_completion_streamed_equals_not_streamed(vllm_server: Any) -> None:
+    api = client(vllm_server)
+    # Greedy and ignoring EOS (a vLLM field, passed through): exactly 12 tokens, reproducible.
+    args: dict[str, Any] = dict(model="tiny-v2", prompt="The canary release", max_tokens=12,
+                                temperature=0, extra_body={"ignore_eos": True})
+    whole = api.completions.create(**args)
+    assert whole.choices[0].text
+    assert whole.usage is not None and whole.usage.completion_tokens == 12
+    assert whole.choices[0].finish_reason == "length"
+    chunks = list(api.completions.create(**args, stream=True,
+                                         stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+
+
+def test_chat_streamed_and_not(vllm_server: Any) -> None:
+    api = client(vllm_server)
+    messages = [{"role": "user", "content": "Is the new version good?"}]
+    args: dict[str, Any] = dict(model="tiny-v2", messages=messages, max_tokens=8, temperature=0,
+                                extra_body={"ignore_eos": True})
+    answer = api.chat.completions.create(**args)
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.prompt_tokens > 0
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in api.chat.completions.create(**args, stream=True)
+        if c.choices
+    )
+    assert streamed == answer.choices[0].message.content
+
+
+def test_prompt_longer_than_the_context_is_a_400(vllm_server: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client(vllm_server).completions.create(
+            model="tiny-v2", prompt="hello world " * 300, max_tokens=5
+        )
+    assert info.value.status_code == 400
+    assert "maximum context length is 256" in str(info.value.message)
+
+
+def test_our_metrics_and_vllms_own_move(vllm_server: Any) -> None:
+    api = client(vllm_server)
+    for _ in range(2):
+        api.completions.create(model="tiny-v2", prompt="hi", max_tokens=4,
+                               extra_body={"ignore_eos": True})
+    ours = metric_samples(vllm_server.server.metrics_url)
+    ok = [s for s in ours if s.name == "vllm_requests_total" and s.labels["status"] == "200"]
+    assert ok and ok[0].value >= 2
+    assert ok[0].labels["version"] == "v2" and ok[0].labels["model"] == "tiny-v2"
+    tokens = [s for s in ours if s.name == "vllm_token_latency_seconds_count"]
+    assert tokens and tokens[0].value >= 6 and tokens[0].labels["version"] == "v2"
+
+    theirs = {s.name: s for s in metric_samples(f"{vllm_server.child_url}/metrics")}
+    assert theirs["vllm:e2e_request_latency_seconds_count"].value >= 2
+    assert theirs["vllm:time_to_first_token_seconds_count"].value >= 2
+    assert theirs["vllm:generation_tokens_total"].value >= 8
+    assert "vllm:num_requests_running" in theirs
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_serve_exits_non_zero_when_vllm_dies(vllm_server: Any) -> None:
+    """Runs last: it ends the module's server."""
+    serve = vllm_server.server.proc
+    (child,) = _children(serve.pid)
+    os.kill(child, signal.SIGKILL)
+    assert serve.wait(timeout=60) == 1
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{vllm_server.server.url}/health", timeout=5)
+    with pytest.raises(ProcessLookupError):  # vLLM's engine-core processes went with it
+        os.killpg(child, 0)
