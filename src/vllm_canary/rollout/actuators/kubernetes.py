@@ -1,0 +1,95 @@
+"""Actuator for a cluster: merge-patch of the Istio VirtualService's weighted route through
+the official `kubernetes` client. A merge-patch replaces lists whole, so the whole `http`
+list read by GET is sent back with only the weights changed, guarded by resourceVersion
+(a conflict means someone else wrote in between: read again and retry)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from vllm_canary.rollout.actuators.base import ActuatorError
+
+GROUP, VERSION, PLURAL = "networking.istio.io", "v1", "virtualservices"
+CONFLICT_RETRIES = 5
+
+
+def weighted_route(http: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first http route whose `route` splits by weight over subsets (the chart's http[1];
+    http[0], the `x-ab-test` header route, has a single destination and is left alone)."""
+    for route in http:
+        dests = route.get("route") or []
+        if len(dests) > 1 and all("subset" in d.get("destination", {}) for d in dests):
+            return route
+    raise ActuatorError("VirtualService has no weighted route over subsets to patch")
+
+
+def with_weights(http: list[dict[str, Any]], weights: dict[str, int]) -> list[dict[str, Any]]:
+    new = copy.deepcopy(http)
+    route = weighted_route(new)
+    subsets = {d["destination"]["subset"] for d in route["route"]}
+    if set(weights) - subsets:
+        raise ActuatorError(f"VirtualService routes to {sorted(subsets)}, not {sorted(weights)}")
+    for d in route["route"]:
+        d["weight"] = int(weights.get(d["destination"]["subset"], 0))
+    return new
+
+
+class KubernetesActuator:
+    def __init__(self, namespace: str = "default", name: str = "vllm",
+                 api: Any | None = None, context: str | None = None) -> None:
+        self.namespace, self.name = namespace, name
+        if api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_kube_config(context=context)
+            except Exception:
+                try:
+                    config.load_incluster_config()
+                except Exception as exc:
+                    raise ActuatorError(f"no Kubernetes credentials: {exc}") from None
+            api = client.CustomObjectsApi()
+        self.api = api
+
+    def _get(self) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return dict(self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name))
+        except ApiException as exc:
+            raise ActuatorError(f"GET virtualservice {self.namespace}/{self.name}: "
+                                f"{exc.status} {exc.reason}") from None
+        except OSError as exc:
+            raise ActuatorError(f"Kubernetes API unreachable: {exc}") from None
+
+    def get_weights(self) -> dict[str, int]:
+        route = weighted_route(self._get()["spec"].get("http", []))
+        return {d["destination"]["subset"]: int(d.get("weight", 0)) for d in route["route"]}
+
+    def set_weights(self, weights: dict[str, int]) -> dict[str, int]:
+        from kubernetes.client.exceptions import ApiException
+
+        for _ in range(CONFLICT_RETRIES):
+            vs = self._get()
+            body = {"metadata": {"resourceVersion": vs["metadata"]["resourceVersion"]},
+                    "spec": {"http": with_weights(vs["spec"].get("http", []), weights)}}
+            try:
+                answer = self.api.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, self.name, body,
+                    _content_type="application/merge-patch+json")
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                raise ActuatorError(f"PATCH virtualservice {self.namespace}/{self.name}: "
+                                    f"{exc.status} {exc.reason}") from None
+            except OSError as exc:
+                raise ActuatorError(f"Kubernetes API unreachable: {exc}") from None
+            route = weighted_route(answer["spec"]["http"])
+            return {d["destination"]["subset"]: int(d.get("weight", 0)) for d in route["route"]}
+        raise ActuatorError(f"virtualservice {self.namespace}/{self.name} kept changing "
+                            f"({CONFLICT_RETRIES} conflicts)")
+
+    def describe(self) -> str:
+        return f"VirtualService {self.namespace}/{self.name} (Kubernetes merge-patch)"

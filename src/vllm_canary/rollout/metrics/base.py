@@ -1,0 +1,68 @@
+"""What a metric source gives the controller: cumulative per-version counters and histograms
+at one instant. Windows are differences of two snapshots, so Prometheus and direct scraping
+go through the same analysis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+HISTOGRAMS = ("latency", "ttft", "itl")  # end-to-end ms, time to first token s, inter-token s
+
+
+@dataclass
+class Histogram:
+    bounds: list[float]  # finite upper bounds, ascending
+    cumulative: list[float]  # one per bound plus +Inf (Prometheus `le` semantics)
+
+    @property
+    def count(self) -> float:
+        return self.cumulative[-1] if self.cumulative else 0.0
+
+    def minus(self, older: Histogram | None) -> Histogram:
+        """The window between `older` and this one; a counter reset (restart) keeps self."""
+        if older is None or older.bounds != self.bounds:
+            return self
+        diff = [a - b for a, b in zip(self.cumulative, older.cumulative, strict=True)]
+        return self if any(d < 0 for d in diff) else Histogram(self.bounds, diff)
+
+
+@dataclass
+class VersionStats:
+    requests: float = 0.0
+    errors: float = 0.0  # 5xx (and connection failures the gateway reports as 5xx)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+
+    def minus(self, older: VersionStats | None) -> VersionStats:
+        if older is None:
+            return self
+        if self.requests < older.requests or self.errors < older.errors:
+            return self  # counters reset: the process restarted, take what it has now
+        return VersionStats(
+            self.requests - older.requests, self.errors - older.errors,
+            {k: h.minus(older.histograms.get(k)) for k, h in self.histograms.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                "histograms": {k: [h.bounds, h.cumulative] for k, h in self.histograms.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VersionStats:
+        return cls(d["requests"], d["errors"],
+                   {k: Histogram(list(b), list(c)) for k, (b, c) in d["histograms"].items()})
+
+
+Snapshot = dict[str, VersionStats]  # by version: v1, v2
+
+
+class MetricSource(Protocol):
+    """Per-version cumulative telemetry (plugin kind; one file per implementation)."""
+
+    def snapshot(self) -> Snapshot:
+        """Cumulative counts now; a version that cannot be read is simply absent."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the live view, e.g. 'prometheus http://127.0.0.1:9090'."""
+        ...

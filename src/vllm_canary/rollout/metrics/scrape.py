@@ -1,0 +1,48 @@
+"""Metric source for a machine with no Prometheus: scrape the gateway's and the servers'
+/metrics directly (parsed by prometheus_client) at every poll."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from vllm_canary.rollout.metrics.base import Snapshot
+from vllm_canary.rollout.metrics.samples import SERVICE, Sample, to_snapshot
+
+
+def scrape(url: str, timeout: float = 3.0) -> list[Sample]:
+    """All samples of one exposition; raises OSError/ValueError when it cannot be read."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        text = resp.read().decode("utf-8", "replace")
+    return [(s.name, dict(s.labels), float(s.value))
+            for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+class ScrapeSource:
+    def __init__(self, gateway_metrics_url: str | None, server_metrics_urls: list[str],
+                 service: str = SERVICE) -> None:
+        self.gateway_url = gateway_metrics_url
+        self.server_urls = list(server_metrics_urls)
+        self.service = service
+
+    def snapshot(self) -> Snapshot:
+        gateway = None
+        if self.gateway_url:
+            try:
+                gateway = scrape(self.gateway_url)
+            except (OSError, ValueError):
+                gateway = None
+        servers: list[Sample] = []
+        for url in self.server_urls:
+            try:
+                servers.extend(scrape(url))
+            except (OSError, ValueError):
+                continue  # a dead server is missing data, which the analysis treats as such
+        if gateway is None and not servers:
+            raise OSError("no metrics endpoint answered")
+        return to_snapshot(gateway, servers, self.service)
+
+    def describe(self) -> str:
+        where = self.gateway_url or "servers"
+        return f"direct scrape of {where} (+{len(self.server_urls)} servers)"

@@ -1,0 +1,135 @@
+"""The rollout strategy file: Argo-like steps (`setWeight`, `pause`, `analysis`) and which
+metrics the analysis compares between the canary (v2) and the baseline (v1)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vllm_canary.errors import UserError
+
+BUILTIN_METRICS = ("error-rate", "latency-p95", "ttft-p95", "itl-p95", "quality")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """'2m', '30s', '500ms', '1h' or a number of seconds -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*", str(value))
+        if not m:
+            raise ValueError(f"bad duration {value!r}: write e.g. 30s, 2m, 1h")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < 0:
+        raise ValueError(f"duration {value!r} must not be negative")
+    return seconds
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TimedSpec(_Model):
+    duration: float | None = None
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        return None if v is None else parse_duration(v)
+
+
+class Step(_Model):
+    """Exactly one of setWeight, pause, analysis."""
+
+    set_weight: int | None = Field(default=None, alias="setWeight", ge=0, le=100)
+    pause: TimedSpec | None = None
+    analysis: TimedSpec | None = None
+
+    @property
+    def kind(self) -> Literal["setWeight", "pause", "analysis"]:
+        if self.set_weight is not None:
+            return "setWeight"
+        return "pause" if self.pause is not None else "analysis"
+
+
+class CustomMetric(_Model):
+    """A PromQL query with `$version` in it, compared canary vs baseline at each gate."""
+
+    name: str
+    query: str
+    max_increase: float = Field(default=0.1, alias="maxIncrease", ge=0)
+
+
+class AnalysisSpec(_Model):
+    metrics: list[str | CustomMetric] = Field(default_factory=lambda: ["error-rate", "latency-p95"])
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    margin: float = Field(default=0.0, ge=0)  # relative slack: canary may be this much worse
+    quantile: float = Field(default=0.95, gt=0.5, lt=1)
+    min_samples: int = Field(default=50, alias="minSamples", ge=1)
+    interval: float = 5.0
+    timeout_factor: float = Field(default=3.0, alias="timeoutFactor", ge=1)
+    reports: str = "reports"  # where the data loop writes <day>/decision.json (quality)
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str | CustomMetric]) -> list[str | CustomMetric]:
+        for m in v:
+            if isinstance(m, str) and m not in BUILTIN_METRICS:
+                raise ValueError(f"unknown metric {m!r}: use one of {', '.join(BUILTIN_METRICS)} "
+                                 "or {name, query} for PromQL")
+        if not v:
+            raise ValueError("list at least one metric")
+        return v
+
+    def metric_names(self) -> list[str]:
+        return [m if isinstance(m, str) else m.name for m in self.metrics]
+
+
+class Strategy(_Model):
+    steps: list[Step]
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    stable: str = "v1"
+    canary: str = "v2"
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[Step]) -> list[Step]:
+        if not v:
+            raise ValueError("list at least one step")
+        for i, step in enumerate(v):
+            given = [step.set_weight is not None, step.pause is not None, step.analysis is not None]
+            if sum(given) != 1:
+                raise ValueError(f"step {i + 1}: use exactly one of setWeight, pause, analysis")
+        return v
+
+
+def load_strategy(path: Path) -> Strategy:
+    """Read and validate a strategy file; every mistake is a one-line UserError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read strategy {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"strategy {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_strategy(data, str(path))
+
+
+def parse_strategy(data: Any, where: str = "strategy") -> Strategy:
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping with `steps:` (and optionally `analysis:`)")
+    try:
+        return Strategy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "strategy"
+        raise UserError(f"{where}: invalid {loc!r}: {first['msg']}") from None

@@ -1,0 +1,70 @@
+"""Build the actuator and the metric source a rollout uses, from flags or the local stack's
+state file, and record them in the rollout state so a restarted controller rebuilds them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vllm_canary import stackstate
+from vllm_canary.errors import NotRunningError, UserError
+from vllm_canary.rollout.actuators import ActuatorError, GatewayActuator, KubernetesActuator
+from vllm_canary.rollout.actuators.base import Actuator
+from vllm_canary.rollout.metrics import PrometheusSource, ScrapeSource
+from vllm_canary.rollout.metrics.base import MetricSource
+
+
+def add_target_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target (default: the local stack recorded by `vllm-canary up`)")
+    g.add_argument("--target", choices=["gateway", "kubernetes"], default="gateway")
+    g.add_argument("--admin-url", help="gateway admin API, e.g. http://127.0.0.1:15000")
+    g.add_argument("--admin-token", help="bearer token of the gateway admin API")
+    g.add_argument("--namespace", default="default")
+    g.add_argument("--virtualservice", default="vllm")
+    g.add_argument("--context", help="kubeconfig context")
+    g.add_argument("--prometheus", metavar="URL", help="read metrics through Prometheus")
+    g.add_argument("--scrape", nargs="*", metavar="URL",
+                   help="scrape these /metrics (first = gateway); default: the local stack's")
+
+
+def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """A plain dict describing actuator + metric source (persisted with the rollout)."""
+    stack = stackstate.load()
+    if args.target == "kubernetes":
+        actuator = {"kind": "kubernetes", "namespace": args.namespace,
+                    "name": args.virtualservice, "context": args.context}
+    else:
+        url = args.admin_url or (stack.admin_url if stack else None)
+        token = args.admin_token or (stack.admin_token if stack else "")
+        if not url:
+            raise NotRunningError("no local stack is running: start it with `vllm-canary up`, "
+                                  "or pass --admin-url and --admin-token")
+        actuator = {"kind": "gateway", "admin_url": url, "token": token}
+    prom = args.prometheus or (stack.prometheus_url if stack and args.scrape is None else None)
+    if prom:
+        source: dict[str, Any] = {"kind": "prometheus", "url": prom}
+    elif args.scrape:
+        source = {"kind": "scrape", "gateway": args.scrape[0], "servers": args.scrape[1:]}
+    elif stack:
+        source = {"kind": "scrape", "gateway": stack.gateway_metrics_url,
+                  "servers": [s.metrics_url for s in stack.servers.values()]}
+    else:
+        raise UserError("no metric source: pass --prometheus URL or --scrape URL...")
+    return {"actuator": actuator, "source": source}
+
+
+def build_actuator(target: dict[str, Any]) -> Actuator:
+    a = target["actuator"]
+    if a["kind"] == "kubernetes":
+        try:
+            return KubernetesActuator(a["namespace"], a["name"], context=a.get("context"))
+        except ActuatorError as exc:
+            raise UserError(str(exc)) from None
+    return GatewayActuator(a["admin_url"], a["token"])
+
+
+def build_source(target: dict[str, Any]) -> MetricSource:
+    s = target["source"]
+    if s["kind"] == "prometheus":
+        return PrometheusSource(s["url"])
+    return ScrapeSource(s["gateway"], s["servers"])
