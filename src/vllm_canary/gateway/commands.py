@@ -1,9 +1,134 @@
-"""Sub-commands of the gateway area (registered by vllm_canary.cli)."""
+"""Sub-commands of the gateway area: `gateway`, `up`, `status`, `routes get|set-weight`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from vllm_canary.config import load_settings
+from vllm_canary.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the top-level parser."""
+    _gateway(sub)
+    from vllm_canary.gateway import stack, status
+
+    stack.register(sub)
+    status.register(sub)
+    _routes(sub)
+
+
+def _gateway(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gateway",
+        help="route OpenAI traffic by Istio VirtualService/DestinationRule objects",
+        description="Execute the Istio VirtualService + DestinationRule in --routes locally, "
+        "with Istio's telemetry on --metrics-port and an admin API on --admin-port.",
+    )
+    p.add_argument("--config", type=Path, help="YAML settings file")
+    p.add_argument("--routes", type=Path,
+                   help="YAML with the VirtualService and DestinationRule (default: the chart's)")
+    p.add_argument("--upstream", action="append", metavar="SUBSET=URL",
+                   help="pods labelled version=SUBSET answer at URL (repeat per version)")
+    p.add_argument("--endpoints", type=Path, help="YAML list of {url, labels, workload}")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="traffic port (default 8080)")
+    p.add_argument("--metrics-port", type=int, help="Istio metrics port (default 15090)")
+    p.add_argument("--admin-host", help="admin API address (default 127.0.0.1)")
+    p.add_argument("--admin-port", type=int, help="admin API port (default 15000)")
+    p.add_argument("--admin-token", help="admin bearer token (default: random, printed; "
+                   "or $VLLM_CANARY_ADMIN_TOKEN)")
+    p.add_argument("--health-path", help="upstream health check path (default /health, '' off)")
+    p.add_argument("--health-interval", type=float, help="seconds between health checks")
+    p.add_argument("--watch-interval", type=float, help="seconds between routes-file checks")
+    p.add_argument("--max-request-bytes", type=int, help="request body limit (default 32 MiB)")
+    p.add_argument("--seed", type=int, help="fix the random weighted choices")
+    p.add_argument("--access-log", action="store_const", const=True, help="log every request")
+    p.set_defaults(handler=_run_gateway)
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from vllm_canary.gateway.server import run
+    from vllm_canary.gateway.settings import GatewaySettings
+
+    settings = load_settings(GatewaySettings, vars(args), file=args.config)
+    logging.basicConfig(level=logging.INFO if settings.access_log else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    if settings.routes is not None:
+        from vllm_canary.gateway.store import load_routes
+
+        load_routes(settings.routes)  # a bad file is a one-line error before anything listens
+    return asyncio.run(run(settings))
+
+
+def _admin_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin-url", help="gateway admin API (default: the running local stack)")
+    p.add_argument("--admin-token", help="admin token (or $VLLM_CANARY_ADMIN_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def _routes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("routes", help="show the gateway's routes or change canary weights")
+    rsub = p.add_subparsers(dest="routes_command", metavar="ACTION", required=True)
+    get = rsub.add_parser("get", help="print routes, weights and generation")
+    _admin_flags(get)
+    get.set_defaults(handler=_routes_get)
+    sw = rsub.add_parser("set-weight", help="set weights, e.g. v1=75 v2=25 (sum 100)")
+    sw.add_argument("weights", nargs="+", metavar="SUBSET=WEIGHT")
+    sw.add_argument("--route", help="only this http route (default: every weighted route)")
+    _admin_flags(sw)
+    sw.set_defaults(handler=_routes_set)
+    rl = rsub.add_parser("reload", help="re-read the routes file now")
+    _admin_flags(rl)
+    rl.set_defaults(handler=_routes_reload)
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from vllm_canary.gateway.adminclient import AdminClient
+
+    return AdminClient.locate(args.admin_url, args.admin_token)
+
+
+def _routes_get(args: argparse.Namespace) -> int:
+    view = _client(args).routes()
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    print(f"routes from {view['source']} (generation {view['generation']})")
+    for route in view["routes"]:
+        weights = "  ".join(f"{k}={v}" for k, v in route["weights"].items())
+        print(f"  {route['virtualservice']}/{route['name']:<16} {weights}")
+    if view.get("last_error"):
+        print(f"last reload rejected: {view['last_error']}")
+    return 0
+
+
+def parse_weights(items: list[str]) -> dict[str, int]:
+    weights: dict[str, int] = {}
+    for item in items:
+        subset, sep, value = item.partition("=")
+        if not sep or not subset or not value.strip().lstrip("-").isdigit():
+            raise UserError(f"{item!r}: expected SUBSET=WEIGHT, e.g. v1=75 v2=25")
+        weights[subset] = int(value)
+    return weights
+
+
+def _routes_set(args: argparse.Namespace) -> int:
+    answer = _client(args).set_weights(parse_weights(args.weights), args.route)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        weights = "  ".join(f"{k}={v}" for k, v in answer["weights"].items())
+        print(f"weights {weights} (generation {answer['generation']})")
+    return 0
+
+
+def _routes_reload(args: argparse.Namespace) -> int:
+    answer = _client(args).reload()
+    print(json.dumps(answer, indent=2) if args.json else f"reloaded (generation "
+          f"{answer['generation']})")
+    return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.resources
 import os
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,14 @@ KINDS = {"VirtualService", "DestinationRule"}
 
 
 def find_crds() -> Path | None:
-    """$VLLM_CANARY_ISTIO_CRDS, else `shared/schemas/crds/` beside the working or source tree."""
+    """$VLLM_CANARY_ISTIO_CRDS, else the packaged copy (vllm_canary/data/crds), else
+    `shared/schemas/crds/` beside the working or source tree."""
     explicit = os.environ.get("VLLM_CANARY_ISTIO_CRDS")
     if explicit:
         return Path(explicit)
+    packaged = Path(str(importlib.resources.files("vllm_canary") / "data" / "crds" / CRD_FILE))
+    if packaged.is_file():
+        return packaged
     for base in (Path.cwd(), *Path(__file__).resolve().parents):
         candidate = base / "shared" / "schemas" / "crds" / CRD_FILE
         if candidate.is_file():

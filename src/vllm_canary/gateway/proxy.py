@@ -1,0 +1,339 @@
+"""The streaming reverse proxy: executes a routing Decision the way Envoy would.
+
+Fault injection, retries (only before anything went downstream), per-try and route timeouts,
+header manipulation, fire-and-forget mirrors, SSE passed through chunk by chunk, and a client
+disconnect that cancels the upstream request. Every request is recorded in Istio telemetry with
+Envoy's response flags (UH, UF, UC, UT, URX, DC, NR, FI, DI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from vllm_canary.gateway.endpoints import Endpoint, Endpoints
+from vllm_canary.gateway.routing import (
+    Decision,
+    Destination,
+    HeaderEdit,
+    HttpRoute,
+    Request,
+    Retries,
+    decide,
+)
+from vllm_canary.gateway.store import RouteStore
+from vllm_canary.gateway.telemetry import UNKNOWN, DestinationLabels, Telemetry
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "content-length",
+})
+SMALL_BODY = 1 << 20  # answers up to this size (with a length, not SSE) are sent in one write
+RESET_MSG = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+@dataclass
+class Failure:
+    """An attempt that got no usable response: Envoy's flag, local status and message."""
+
+    flag: str
+    status: int
+    message: str
+    conditions: frozenset[str]  # retryOn conditions that retry it
+
+
+CONNECT_FAILURE = frozenset({"connect-failure", "5xx", "gateway-error", "reset"})
+RESET = frozenset({"reset", "5xx", "gateway-error"})
+PER_TRY_TIMEOUT = frozenset({"5xx", "gateway-error", "reset"})
+
+
+def retriable_status(policy: Retries, status: int) -> bool:
+    on = policy.retry_on
+    return (
+        ("5xx" in on and status >= 500)
+        or ("gateway-error" in on and status in (502, 503, 504))
+        or ("retriable-status-codes" in on and status in policy.status_codes)
+        or ("retriable-4xx" in on and status == 409)
+    )
+
+
+def apply_edit(headers: CIMultiDict[str], edit: HeaderEdit) -> None:
+    """Envoy's order: remove, then set (replace), then add (append)."""
+    for name in edit.remove:
+        headers.popall(name, None)
+    for name, value in edit.set:
+        headers[name] = value
+    for name, value in edit.add:
+        headers.add(name, value)
+
+
+def forwardable(headers: Mapping[str, str], extra_hop: str = "") -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers (and those the Connection header names)."""
+    drop = HOP_BY_HOP | {h.strip().lower() for h in extra_hop.split(",") if h.strip()}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def error_body(status: int, message: str, code: str) -> bytes:
+    kind = "invalid_request_error" if status < 500 else "upstream_error"
+    return json.dumps({"error": {"message": message, "type": kind, "param": None,
+                                 "code": code}}).encode()
+
+
+def shadow_host(authority: str) -> str:
+    """Istio/Envoy mark mirrored requests by suffixing the host with `-shadow`."""
+    host, sep, port = authority.rpartition(":")
+    if sep and port.isdigit():
+        return f"{host}-shadow:{port}"
+    return f"{authority}-shadow"
+
+
+@dataclass
+class Exchange:
+    """Per-request bookkeeping for telemetry."""
+
+    started: float
+    request_bytes: int = 0
+    response_bytes: int = 0
+    status: int = 0
+    flags: list[str] = field(default_factory=list)
+    dest: DestinationLabels = UNKNOWN
+
+
+class Proxy:
+    """The OpenAI-facing handler. One instance per gateway; state is the live RouteStore."""
+
+    def __init__(self, store: RouteStore, endpoints: Endpoints, telemetry: Telemetry,
+                 session: aiohttp.ClientSession, rng: random.Random | None = None,
+                 max_mirrors_in_flight: int = 256) -> None:
+        self.store = store
+        self.endpoints = endpoints
+        self.telemetry = telemetry
+        self.session = session
+        self.rng = rng or random.Random()
+        self.max_mirrors = max_mirrors_in_flight
+        self._mirrors: set[asyncio.Task[None]] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ex = Exchange(time.monotonic())
+        try:
+            return await self._handle(request, ex)
+        except asyncio.CancelledError:
+            ex.flags.append("DC")  # the client went away; the upstream request is cancelled
+            ex.status = ex.status or 0
+            raise
+        finally:
+            self.telemetry.record(ex.dest, ex.status, ",".join(ex.flags),
+                                  time.monotonic() - ex.started, ex.request_bytes,
+                                  ex.response_bytes)
+
+    def _local(self, ex: Exchange, status: int, flag: str, message: str,
+               headers: CIMultiDict[str] | None = None) -> web.Response:
+        ex.status = status
+        if flag != "-":
+            ex.flags.append(flag)
+        body = error_body(status, message, flag)
+        ex.response_bytes = len(body)
+        return web.Response(status=status, body=body, headers=headers,
+                            content_type="application/json")
+
+    async def _handle(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            return self._local(ex, 413, "-", f"request body larger than {exc.max_size} bytes")
+        ex.request_bytes = len(body)
+        req = Request(
+            method=request.method,
+            path=request.path,
+            authority=request.host,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            query={k: request.query[k] for k in request.query},
+        )
+        table = self.store.table
+        decision = decide(table, req, self.rng)
+        if decision.route is None or decision.destination is None:
+            where = f"VirtualService {decision.vhost.namespace}/{decision.vhost.name}" \
+                if decision.vhost else f"any VirtualService (host {request.host})"
+            return self._local(ex, 404, "NR", f"no http route of {where} matches "
+                                              f"{request.method} {request.path}")
+        route, dest = decision.route, decision.destination
+        ex.dest = self._labels(dest, None)
+        if decision.delay:
+            ex.flags.append("DI")
+            await asyncio.sleep(decision.delay)
+        if decision.abort_status is not None:
+            return self._local(ex, decision.abort_status, "FI", "fault filter abort")
+        headers = forwardable(request.headers, request.headers.get("connection", ""))
+        remote = request.remote or "127.0.0.1"
+        xff = headers.get("x-forwarded-for")
+        headers["x-forwarded-for"] = f"{xff}, {remote}" if xff else remote
+        headers.setdefault("x-forwarded-proto", request.scheme)
+        headers.setdefault("x-request-id", str(uuid.uuid4()))
+        apply_edit(headers, route.headers.request)
+        apply_edit(headers, dest.headers.request)
+        self._spawn_mirrors(decision, request, headers, body)
+        try:
+            async with asyncio.timeout(route.timeout):
+                return await self._forward(request, ex, route, dest, headers, body)
+        except TimeoutError:
+            if ex.status and "UT" not in ex.flags:  # answer already streaming: cut it off
+                ex.flags.append("UT")
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=ex.status)
+            return self._local(ex, 504, "UT", "upstream request timeout")
+
+    def _labels(self, dest: Destination, ep: Endpoint | None) -> DestinationLabels:
+        if ep is not None:
+            return DestinationLabels.of(dest.host, ep.version, ep.labels.get("app"), ep.workload)
+        svc = self.store.table.services.get(dest.host)
+        labels = svc.subsets.get(dest.subset or "", {}) if svc else {}
+        return DestinationLabels.of(dest.host, labels.get("version", dest.subset),
+                                    labels.get("app"))
+
+    async def _forward(self, request: web.Request, ex: Exchange, route: HttpRoute,
+                       dest: Destination, headers: CIMultiDict[str],
+                       body: bytes) -> web.StreamResponse:
+        table = self.store.table
+        svc = table.services.get(dest.host)
+        candidates = self.endpoints.select(table, dest)
+        policy = route.retries
+        tried: list[Endpoint] = []
+        for attempt in range(1, policy.attempts + 2):
+            ep = self.endpoints.pick(candidates, svc.load_balancer if svc else "ROUND_ROBIN",
+                                     tried)
+            if ep is None:
+                return self._local(ex, 503, "UH", "no healthy upstream")
+            tried.append(ep)
+            ex.dest = self._labels(dest, ep)
+            headers["x-envoy-attempt-count"] = str(attempt)
+            result = await self._attempt(ep, request, headers, body, policy.per_try_timeout)
+            status = result[0].status if isinstance(result, tuple) else None
+            self.endpoints.report(ep, status, svc.outlier if svc else None, candidates)
+            last = attempt > policy.attempts
+            if isinstance(result, Failure):
+                if last or not (result.conditions & policy.retry_on):
+                    if attempt > 1 and result.conditions & policy.retry_on:
+                        ex.flags.append("URX")
+                    return self._local(ex, result.status, result.flag, result.message)
+            else:
+                resp, small = result
+                if last or not retriable_status(policy, resp.status):
+                    if attempt > 1 and retriable_status(policy, resp.status):
+                        ex.flags.append("URX")
+                    return await self._respond(request, ex, route, dest, resp, small)
+                resp.release()
+            await asyncio.sleep(self.rng.uniform(0, min(policy.backoff * 2 ** (attempt - 1),
+                                                        policy.backoff * 10)))
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    async def _attempt(self, ep: Endpoint, request: web.Request, headers: CIMultiDict[str],
+                       body: bytes, per_try: float | None
+                       ) -> tuple[aiohttp.ClientResponse, bytes | None] | Failure:
+        """One try: the response (with its body when small) or the Failure that ended it."""
+        resp: aiohttp.ClientResponse | None = None
+        done = False
+        ep.in_flight += 1
+        try:
+            async with asyncio.timeout(per_try):
+                resp = await self.session.request(
+                    request.method, ep.url + request.path_qs, headers=headers,
+                    data=body or None, allow_redirects=False)
+                small = None
+                length = resp.content_length
+                if length is not None and length <= SMALL_BODY and \
+                        not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    small = await resp.read()
+                done = True
+                return resp, small
+        except TimeoutError:
+            return Failure("UT", 504, "upstream request timeout", PER_TRY_TIMEOUT)
+        except aiohttp.ClientConnectorError:
+            return Failure("UF", 503, RESET_MSG + "connection failure", CONNECT_FAILURE)
+        except (aiohttp.ClientError, OSError):
+            return Failure("UC", 503, RESET_MSG + "connection termination", RESET)
+        finally:
+            ep.in_flight -= 1
+            if resp is not None and not done:
+                resp.close()
+
+    async def _respond(self, request: web.Request, ex: Exchange, route: HttpRoute,
+                       dest: Destination, resp: aiohttp.ClientResponse,
+                       small: bytes | None) -> web.StreamResponse:
+        headers = forwardable(resp.headers, resp.headers.get("connection", ""))
+        apply_edit(headers, route.headers.response)
+        apply_edit(headers, dest.headers.response)
+        headers["x-envoy-upstream-service-time"] = str(int((time.monotonic() - ex.started) * 1000))
+        ex.status = resp.status
+        if small is not None:
+            ex.response_bytes = len(small)
+            resp.release()
+            return web.Response(status=resp.status, body=small, headers=headers)
+        out = web.StreamResponse(status=resp.status, headers=headers)
+        if resp.content_length is not None:
+            out.content_length = resp.content_length
+        try:
+            await out.prepare(request)
+            async for chunk in resp.content.iter_any():
+                ex.response_bytes += len(chunk)
+                await out.write(chunk)
+        except (aiohttp.ClientError, OSError) as exc:
+            resp.close()
+            downstream = isinstance(exc, ConnectionResetError | BrokenPipeError)
+            ex.flags.append("DC" if downstream else "UC")
+            if request.transport is not None:
+                request.transport.close()  # the client sees a truncated answer, not a clean end
+            return out
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        await out.write_eof()
+        return out
+
+    def _spawn_mirrors(self, decision: Decision, request: web.Request,
+                       headers: CIMultiDict[str], body: bytes) -> None:
+        for dest in decision.mirrors:
+            if len(self._mirrors) >= self.max_mirrors:
+                self.telemetry.mirror_dropped.inc()
+                continue
+            shadow = CIMultiDict(headers)
+            shadow["host"] = shadow_host(request.host)
+            task = asyncio.create_task(self._mirror(dest, request.method, request.path_qs,
+                                                    shadow, body))
+            self._mirrors.add(task)
+            task.add_done_callback(self._mirrors.discard)
+
+    async def _mirror(self, dest: Destination, method: str, path_qs: str,
+                      headers: CIMultiDict[str], body: bytes, timeout: float = 300.0) -> None:
+        """Fire and forget: send a copy, read and discard the answer, count it."""
+        table = self.store.table
+        ep = self.endpoints.pick(self.endpoints.select(table, dest))
+        version = ep.version if ep else (dest.subset or "unknown")
+        code = 0
+        if ep is not None:
+            try:
+                async with asyncio.timeout(timeout), self.session.request(
+                    method, ep.url + path_qs, headers=headers, data=body or None,
+                    allow_redirects=False,
+                ) as resp:
+                    async for _ in resp.content.iter_any():
+                        pass
+                    code = resp.status
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                code = 0
+        self.telemetry.mirrored.labels(version, str(code)).inc()
+
+    async def close(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
+        await asyncio.gather(*self._mirrors, return_exceptions=True)

@@ -1,0 +1,245 @@
+"""`vllm-canary up`: the local stack. v1 and v2 model servers, the gateway executing the
+chart's routing, and a Prometheus server scraping all of them when one is installed.
+
+Children run in their own process groups with output in `<log-dir>/stack/`; Ctrl-C or SIGTERM
+stops them all, and a child that dies is reported and takes the stack down with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from vllm_canary import procs, promserver, stackstate
+from vllm_canary.errors import UserError
+from vllm_canary.gateway.store import default_routes_path, load_routes
+
+VERSIONS = ("v1", "v2")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "up",
+        help="start the local stack: v1 + v2 servers behind the canary gateway on :8080",
+        description="Start v1 and v2 model servers, the gateway executing the chart's "
+        "VirtualService (90/10, x-ab-test: v2 -> v2) and Prometheus if installed. Ctrl-C stops.",
+    )
+    p.add_argument("--engine", choices=["sim", "vllm", "upstream"], default="sim")
+    for v in VERSIONS:
+        p.add_argument(f"--model-{v}", help=f"vllm engine: model directory or name for {v}")
+        p.add_argument(f"--upstream-{v}", help=f"upstream engine: OpenAI base URL for {v}")
+    p.add_argument("--v2-error-rate", type=float, help="sim: fraction of v2 requests that fail")
+    p.add_argument("--v2-latency-factor", type=float, help="sim: make v2 this much slower")
+    p.add_argument("--host", default="127.0.0.1", help="listen address of everything")
+    p.add_argument("--v1-port", type=int, default=8101)
+    p.add_argument("--v1-metrics-port", type=int, default=8001)
+    p.add_argument("--v2-port", type=int, default=8102)
+    p.add_argument("--v2-metrics-port", type=int, default=8002)
+    p.add_argument("--port", type=int, default=8080, help="gateway port")
+    p.add_argument("--metrics-port", type=int, default=15090, help="gateway Istio metrics port")
+    p.add_argument("--admin-port", type=int, default=15000, help="gateway admin API port")
+    p.add_argument("--prometheus-port", type=int, default=9090)
+    p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    p.add_argument("--routes", type=Path, help="routes YAML (default: the chart's routing)")
+    p.add_argument("--log-dir", type=Path, default=Path("logs"),
+                   help="request logs, and process output under stack/ (default ./logs)")
+    p.add_argument("--seed", type=int, help="gateway: fix the weighted choices")
+    p.add_argument("--startup-timeout", type=float,
+                   help="seconds to wait for each server (default 60; 900 with --engine vllm)")
+    p.set_defaults(handler=run)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    ready_url: str
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vllm_canary.cli", *args]
+
+
+def _server_argv(args: argparse.Namespace, v: str, port: int, metrics: int) -> list[str]:
+    argv = _cli("serve", "--version", v, "--engine", args.engine, "--host", args.host,
+                "--port", str(port), "--metrics-port", str(metrics),
+                "--log-dir", str(args.log_dir))
+    if args.engine == "vllm":
+        model = getattr(args, f"model_{v}")
+        if not model:
+            raise UserError(f"--engine vllm needs --model-{v} (a model directory or name)")
+        argv += ["--model", model]
+    if args.engine == "upstream":
+        url = getattr(args, f"upstream_{v}")
+        if not url:
+            raise UserError(f"--engine upstream needs --upstream-{v} URL")
+        argv += ["--upstream", url]
+    if v == "v2" and args.v2_error_rate is not None:
+        argv += ["--error-rate", str(args.v2_error_rate)]
+    if v == "v2" and args.v2_latency_factor is not None:
+        argv += ["--latency-factor", str(args.v2_latency_factor)]
+    return argv
+
+
+def _check_ports(args: argparse.Namespace) -> None:
+    wanted = {"--v1-port": args.v1_port, "--v1-metrics-port": args.v1_metrics_port,
+              "--v2-port": args.v2_port, "--v2-metrics-port": args.v2_metrics_port,
+              "--port": args.port, "--metrics-port": args.metrics_port,
+              "--admin-port": args.admin_port}
+    if not args.no_prometheus and promserver.find_binary():
+        wanted["--prometheus-port"] = args.prometheus_port
+    if len(set(wanted.values())) != len(wanted):
+        raise UserError("two components were given the same port; give each its own")
+    busy = [f"{flag} {port}" for flag, port in wanted.items()
+            if not procs.port_is_free(port, args.host)]
+    if busy:
+        raise UserError(f"port in use: {', '.join(busy)}; stop what holds it (another "
+                        "`vllm-canary up`?) or pass a different port")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.routes is not None:
+        load_routes(args.routes)  # a bad routes file is a one-line error before anything starts
+    running = stackstate.load()
+    if running is not None and running.pid != os.getpid():
+        raise UserError(f"a local stack is already running (pid {running.pid}, gateway "
+                        f"{running.gateway_url}); stop it first")
+    _check_ports(args)
+    timeout = args.startup_timeout or (900.0 if args.engine == "vllm" else 60.0)
+    workdir = args.log_dir / "stack"
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    routes = args.routes or default_routes_path()
+    base = f"http://{args.host}"
+    children: list[Child] = []
+    prometheus: promserver.PrometheusServer | None = None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for v, port, metrics in (("v1", args.v1_port, args.v1_metrics_port),
+                                 ("v2", args.v2_port, args.v2_metrics_port)):
+            log = workdir / f"{v}.log"
+            children.append(Child(f"{v} server", procs.start(_server_argv(args, v, port, metrics),
+                                                            log=log), log, f"{base}:{port}/health"))
+        gw_argv = _cli("gateway", "--routes", str(routes), "--host", args.host,
+                       "--port", str(args.port), "--metrics-port", str(args.metrics_port),
+                       "--admin-port", str(args.admin_port),
+                       "--upstream", f"v1={base}:{args.v1_port}",
+                       "--upstream", f"v2={base}:{args.v2_port}")
+        if args.seed is not None:
+            gw_argv += ["--seed", str(args.seed)]
+        log = workdir / "gateway.log"
+        children.append(Child("gateway", procs.start(
+            gw_argv, env={"VLLM_CANARY_ADMIN_TOKEN": token}, log=log), log,
+            f"{base}:{args.metrics_port}/metrics"))
+        for child in children:
+            try:
+                procs.wait_http(child.ready_url, timeout, child.proc)
+            except (RuntimeError, TimeoutError) as exc:
+                raise UserError(f"{child.name} did not start ({exc}); see {child.log}") from None
+        if not args.no_prometheus and promserver.find_binary():
+            prometheus = _start_prometheus(args, workdir)
+        state = stackstate.StackState(
+            pid=os.getpid(), gateway_url=f"{base}:{args.port}",
+            gateway_metrics_url=f"{base}:{args.metrics_port}/metrics",
+            admin_url=f"{base}:{args.admin_port}", admin_token=token, routes_file=str(routes),
+            servers={v: stackstate.ServerInfo(url=f"{base}:{p}", metrics_url=f"{base}:{m}/metrics")
+                     for v, p, m in (("v1", args.v1_port, args.v1_metrics_port),
+                                     ("v2", args.v2_port, args.v2_metrics_port))},
+            prometheus_url=prometheus.url if prometheus else None,
+            log_dir=str(args.log_dir.resolve()),
+        )
+        state_file = stackstate.save(state)
+        _print_table(args, state, routes, workdir, state_file)
+        return _supervise(children, prometheus)
+    except KeyboardInterrupt:
+        print("\nstopping the local stack ...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        mine = stackstate.load()
+        if mine is not None and mine.pid == os.getpid():
+            stackstate.clear()
+        if prometheus is not None:
+            prometheus.stop()
+        for child in reversed(children):
+            procs.stop(child.proc)
+
+
+def _start_prometheus(args: argparse.Namespace,
+                      workdir: Path) -> promserver.PrometheusServer | None:
+    jobs = [
+        promserver.ScrapeJob("istio-gateway", [f"{args.host}:{args.metrics_port}"]),
+        promserver.ScrapeJob("vllm", [f"{args.host}:{args.v1_metrics_port}",
+                                      f"{args.host}:{args.v2_metrics_port}"]),
+    ]
+    server = promserver.PrometheusServer(workdir / "prometheus", jobs, port=args.prometheus_port,
+                                         host=args.host)
+    try:
+        return server.start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        server.stop()
+        print(f"warning: Prometheus did not start ({exc}); see "
+              f"{workdir / 'prometheus' / 'prometheus.log'}", file=sys.stderr)
+        return None
+
+
+def _print_table(args: argparse.Namespace, state: stackstate.StackState, routes: Path,
+                 workdir: Path, state_file: Path) -> None:
+    rows = [
+        ("v1 server", f"{state.servers['v1'].url}  (metrics {state.servers['v1'].metrics_url})",
+         f"{workdir}/v1.log"),
+        ("v2 server", f"{state.servers['v2'].url}  (metrics {state.servers['v2'].metrics_url})",
+         f"{workdir}/v2.log"),
+        ("gateway", f"{state.gateway_url}  (routes {routes})", f"{workdir}/gateway.log"),
+        ("istio metrics", state.gateway_metrics_url, ""),
+        ("admin API", f"{state.admin_url}  (token in {state_file})", ""),
+        ("prometheus", state.prometheus_url or "not running (install `prometheus` to get one)",
+         f"{workdir}/prometheus/prometheus.log" if state.prometheus_url else ""),
+        ("request logs", str(args.log_dir), ""),
+    ]
+    print(f"vllm-canary local stack (engine {args.engine}, pid {state.pid})")
+    for name, where, log in rows:
+        print(f"  {name:<14} {where}" + (f"\n  {'':<14} log: {log}" if log else ""))
+    print(f"\ntry:  curl -s {state.gateway_url}/v1/completions "
+          "-d '{\"prompt\":\"hello\",\"max_tokens\":5}'")
+    print("      vllm-canary routes get   |   vllm-canary status   |   Ctrl-C stops everything",
+          flush=True)
+
+
+def _supervise(children: list[Child], prometheus: promserver.PrometheusServer | None) -> int:
+    """Wait until a child dies (reported, exit 1) or Ctrl-C/SIGTERM (KeyboardInterrupt)."""
+    while True:
+        for child in children:
+            code = child.proc.poll()
+            if code is not None:
+                tail = _tail(child.log)
+                print(f"error: {child.name} (pid {child.proc.pid}) exited with code {code}; "
+                      f"stopping the stack. Last lines of {child.log}:\n{tail}",
+                      file=sys.stderr, flush=True)
+                return 1
+        if prometheus is not None and prometheus.proc is not None and \
+                prometheus.proc.poll() is not None:
+            print(f"warning: Prometheus exited with code {prometheus.proc.returncode}; the "
+                  "rest keeps running", file=sys.stderr, flush=True)
+            prometheus.proc = None
+        time.sleep(0.5)
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
