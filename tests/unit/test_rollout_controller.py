@@ -148,3 +148,21 @@ def test_phase_and_weight_are_exported_as_metrics(tmp_path: Path, clock: Clock) 
     assert registry.get_sample_value("vllm_canary_rollout_canary_weight") == 10
     assert registry.get_sample_value("vllm_canary_rollout_phase", {"phase": "Analyzing"}) == 1
     assert registry.get_sample_value("vllm_canary_rollout_phase", {"phase": "Aborted"}) == 0
+
+
+def test_canary_down_for_longer_than_down_after_aborts(tmp_path: Path, clock: Clock) -> None:
+    act = FakeActuator()
+    src = FakeSource(act)
+    ctl = make(tmp_path, clock, act, src)
+    ctl.tick()
+    clock.sleep(1)
+    src.canary_down = True
+    phases = []
+    for _ in range(30):
+        phases.append(ctl.tick())
+        clock.sleep(1)
+        if phases[-1] is Phase.ABORTED:
+            break
+    assert phases[-1] is Phase.ABORTED and len(phases) >= 15  # downAfter: 15s by default
+    assert act.sets() == [TO_CANARY[0], BACK]
+    assert any("v2 is down" in e.message for e in ctl.state.events)

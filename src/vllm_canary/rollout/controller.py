@@ -122,6 +122,15 @@ class Controller:
             if s.weights.get(self.canary, 0) > 0:
                 self.analyzer.observe(window, current)
         s.last_snapshot = {v: st.to_dict() for v, st in current.items()}
+        canary = current.get(self.canary)
+        if canary is not None and canary.up is False and s.weights.get(self.canary, 0) > 0:
+            s.canary_down_since = s.canary_down_since or self.now()
+            down_for = self.now() - s.canary_down_since
+            if down_for >= self.strategy.analysis.down_after:
+                self._abort(f"{self.canary} is down (no healthy endpoint for {down_for:.0f}s)")
+                return
+        else:
+            s.canary_down_since = None
         results = [r for r in self.analyzer.results() if r.metric in self.analyzer.tests]
         s.analysis = self.analyzer.to_dict()
         if any(r.verdict is Verdict.FAIL for r in results):

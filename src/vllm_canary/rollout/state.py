@@ -42,7 +42,8 @@ class RolloutState(BaseModel):
     weights: dict[str, int] = Field(default_factory=dict)
     aborting: bool = False  # abort decided; weights not yet confirmed back on the stable
     message: str = ""
-    source_error: str = ""  # why the last poll got no metrics ("" when it did)
+    source_error: str = ""
+    canary_down_since: float | None = None  # why the last poll got no metrics ("" when it did)
     analysis: dict[str, Any] = Field(default_factory=dict)
     results: list[dict[str, Any]] = Field(default_factory=list)
     last_snapshot: dict[str, Any] | None = None

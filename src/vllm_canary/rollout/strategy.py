@@ -73,9 +73,10 @@ class AnalysisSpec(_Model):
     min_samples: int = Field(default=50, alias="minSamples", ge=1)
     interval: float = 5.0
     timeout_factor: float = Field(default=3.0, alias="timeoutFactor", ge=1)
+    down_after: float = Field(default=15.0, alias="downAfter")  # canary down this long: abort
     reports: str = "reports"  # where the data loop writes <day>/decision.json (quality)
 
-    @field_validator("interval", mode="before")
+    @field_validator("interval", "down_after", mode="before")
     @classmethod
     def _interval(cls, v: Any) -> float:
         return parse_duration(v)

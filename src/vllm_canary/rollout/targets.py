@@ -47,7 +47,7 @@ def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
         source = {"kind": "scrape", "gateway": args.scrape[0], "servers": args.scrape[1:]}
     elif stack:
         source = {"kind": "scrape", "gateway": stack.gateway_metrics_url,
-                  "servers": [s.metrics_url for s in stack.servers.values()]}
+                  "servers": {v: s.metrics_url for v, s in stack.servers.items()}}
     else:
         raise UserError("no metric source: pass --prometheus URL or --scrape URL...")
     return {"actuator": actuator, "source": source}

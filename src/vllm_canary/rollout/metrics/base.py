@@ -32,6 +32,7 @@ class VersionStats:
     requests: float = 0.0
     errors: float = 0.0  # 5xx (and connection failures the gateway reports as 5xx)
     histograms: dict[str, Histogram] = field(default_factory=dict)
+    up: bool | None = None  # False when the version is known to be down (health, scrape)
 
     def minus(self, older: VersionStats | None) -> VersionStats:
         if older is None:
@@ -41,16 +42,18 @@ class VersionStats:
         return VersionStats(
             self.requests - older.requests, self.errors - older.errors,
             {k: h.minus(older.histograms.get(k)) for k, h in self.histograms.items()},
+            self.up,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors,
+        return {"requests": self.requests, "errors": self.errors, "up": self.up,
                 "histograms": {k: [h.bounds, h.cumulative] for k, h in self.histograms.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VersionStats:
         return cls(d["requests"], d["errors"],
-                   {k: Histogram(list(b), list(c)) for k, (b, c) in d["histograms"].items()})
+                   {k: Histogram(list(b), list(c)) for k, (b, c) in d["histograms"].items()},
+                   d.get("up"))
 
 
 Snapshot = dict[str, VersionStats]  # by version: v1, v2

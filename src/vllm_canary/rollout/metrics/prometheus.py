@@ -36,6 +36,9 @@ class PrometheusSource:
             gateway += self._samples(
                 f"sum by (destination_version, le, reporter, destination_service_name)"
                 f" ({name}_bucket{{{sel}}})", name + "_bucket")
+        gateway += self._samples(
+            "max by (destination_version) (vllm_canary_gateway_upstream_healthy)",
+            "vllm_canary_gateway_upstream_healthy")
         servers: list[Sample] = []
         for name, vlabel in SERVER_HIST.values():
             servers += self._samples(f"sum by ({vlabel}, le) ({name}_bucket)", name + "_bucket")

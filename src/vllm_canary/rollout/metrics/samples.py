@@ -44,8 +44,18 @@ def _histograms(samples: list[Sample], spec: dict[str, tuple[str, str]],
     return out
 
 
+def _health(gateway: list[Sample]) -> dict[str, bool]:
+    """Per version: up unless every endpoint the gateway health-checks is unhealthy."""
+    seen: dict[str, bool] = {}
+    for name, labels, value in gateway:
+        if name == "vllm_canary_gateway_upstream_healthy" and "destination_version" in labels:
+            v = labels["destination_version"]
+            seen[v] = seen.get(v, False) or value > 0
+    return seen
+
+
 def to_snapshot(gateway: list[Sample] | None, servers: Iterable[Sample],
-                service: str = SERVICE) -> Snapshot:
+                service: str = SERVICE, down: Iterable[str] = ()) -> Snapshot:
     """Traffic from the gateway when it answered, else from the servers' own counters."""
     servers = list(servers)
     snap: dict[str, VersionStats] = {}
@@ -59,6 +69,8 @@ def to_snapshot(gateway: list[Sample] | None, servers: Iterable[Sample],
             if labels.get("response_code", "").startswith("5"):
                 st.errors += value
         hist = _histograms(gateway, GATEWAY_HIST, service)
+        for version, healthy in _health(gateway).items():
+            snap.setdefault(version, VersionStats()).up = healthy
     else:
         for name, labels, value in servers:
             if name not in ("vllm_requests_total", "vllm_requests") or "version" not in labels:
@@ -70,4 +82,6 @@ def to_snapshot(gateway: list[Sample] | None, servers: Iterable[Sample],
         hist = _histograms(servers, FALLBACK_HIST, None)
     for version, hs in list(hist.items()) + list(_histograms(servers, SERVER_HIST, None).items()):
         snap.setdefault(version, VersionStats()).histograms.update(hs)
+    for version in down:  # its own /metrics did not answer: the process is gone
+        snap.setdefault(version, VersionStats()).up = False
     return snap

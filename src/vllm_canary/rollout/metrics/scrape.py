@@ -20,10 +20,11 @@ def scrape(url: str, timeout: float = 3.0) -> list[Sample]:
 
 
 class ScrapeSource:
-    def __init__(self, gateway_metrics_url: str | None, server_metrics_urls: list[str],
-                 service: str = SERVICE) -> None:
+    def __init__(self, gateway_metrics_url: str | None,
+                 server_metrics_urls: dict[str, str] | list[str], service: str = SERVICE) -> None:
         self.gateway_url = gateway_metrics_url
-        self.server_urls = list(server_metrics_urls)
+        self.server_urls = (dict(server_metrics_urls) if isinstance(server_metrics_urls, dict)
+                            else {f"server{i}": u for i, u in enumerate(server_metrics_urls)})
         self.service = service
 
     def snapshot(self) -> Snapshot:
@@ -34,14 +35,15 @@ class ScrapeSource:
             except (OSError, ValueError):
                 gateway = None
         servers: list[Sample] = []
-        for url in self.server_urls:
+        down = []
+        for version, url in self.server_urls.items():
             try:
                 servers.extend(scrape(url))
             except (OSError, ValueError):
-                continue  # a dead server is missing data, which the analysis treats as such
+                down.append(version)  # no data from it, and a sign the process is gone
         if gateway is None and not servers:
             raise OSError("no metrics endpoint answered")
-        return to_snapshot(gateway, servers, self.service)
+        return to_snapshot(gateway, servers, self.service, down)
 
     def describe(self) -> str:
         where = self.gateway_url or "servers"
