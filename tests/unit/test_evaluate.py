@@ -191,3 +191,11 @@ def test_decision_rule_without_quality_signal_but_failing_errors() -> None:
     d = decide(None, None, VersionMetrics(error_rate=0.0), VersionMetrics(error_rate=0.2), Rule())
     assert d.decision == "rollback" and d.exit_code == EXIT["rollback"]
     assert d.reasons[0].startswith("error rate v2 20.00%")
+
+
+def test_error_budget_judges_small_samples_by_their_lower_bound() -> None:
+    base = VersionMetrics(error_rate=0.0, requests=30)
+    one_slip = decide(None, None, base, VersionMetrics(error_rate=1 / 30, requests=30), Rule())
+    broken = decide(None, None, base, VersionMetrics(error_rate=10 / 30, requests=30), Rule())
+    assert [c.status for c in one_slip.checks if c.name == "errors"] == ["pass"]
+    assert broken.decision == "rollback"

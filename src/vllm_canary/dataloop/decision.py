@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from vllm_canary.analysis.quality import wilson_interval
+
 Verdict = Literal["promote", "continue", "rollback"]
 EXIT_CODES: dict[Verdict, int] = {"promote": 0, "continue": 3, "rollback": 4}
 
@@ -46,6 +48,7 @@ class VersionMetrics:
     error_rate: float = math.nan
     tokens_per_s: float = math.nan
     source: str = "sample"
+    requests: int = 0  # behind error_rate; 0 = unknown (e.g. a Prometheus rate)
 
 
 @dataclass
@@ -119,6 +122,11 @@ def _error_check(base: VersionMetrics, cand: VersionMetrics, rule: Rule) -> Chec
         return None
     text = (f"error rate v2 {c:.2%} vs v1 {b:.2%} ({cand.source}; budget "
             f"+{rule.error_budget:.2%})")
+    # On a small sample one transient failure is no evidence: judge the lower bound of v2's
+    # rate when the count behind it is known, the rate itself otherwise.
+    if cand.requests:
+        c = wilson_interval(round(c * cand.requests), cand.requests, rule.confidence)[0]
+        text += f", {rule.confidence:.0%} lower bound {c:.2%} of {cand.requests} requests"
     return Check("errors", "fail" if c > b + rule.error_budget else "pass", text)
 
 

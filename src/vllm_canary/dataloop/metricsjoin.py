@@ -25,7 +25,7 @@ def from_samples(items: list[dict[str, Any]], version: str) -> VersionMetrics:
     return VersionMetrics(p95_latency_s=p95(latencies),
                           error_rate=1 - len(ok) / len(answers),
                           tokens_per_s=tokens / busy if busy > 0 else math.nan,
-                          source="sample")
+                          source="sample", requests=len(answers))
 
 
 def day_window(day: dt.date, now: dt.datetime | None = None) -> tuple[int, float]:
