@@ -131,7 +131,7 @@ class Proxy:
             ex.status = ex.status or 0
             raise
         finally:
-            self.telemetry.record(ex.dest, ex.status, ",".join(ex.flags),
+            self.telemetry.record(ex.dest, ex.status, ex.flags,
                                   time.monotonic() - ex.started, ex.request_bytes,
                                   ex.response_bytes)
 
@@ -148,8 +148,9 @@ class Proxy:
     async def _handle(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         try:
             body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return self._local(ex, 413, "-", f"request body larger than {exc.max_size} bytes")
+        except web.HTTPRequestEntityTooLarge:
+            return self._local(ex, 413, "-", "request body too large: the gateway accepts up to "
+                               f"{request.client_max_size} bytes (--max-request-bytes)")
         ex.request_bytes = len(body)
         req = Request(
             method=request.method,

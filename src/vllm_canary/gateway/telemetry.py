@@ -17,6 +17,9 @@ DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1
                        60000, 300000, 600000, 1800000, 3600000)
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
 
+# Envoy prints response flags in this order (access logs, Istio's response_flags label).
+FLAG_ORDER = ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "URX", "NR", "DI", "FI", "RL", "DC")
+
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_app", "source_version",
     "source_canonical_service", "destination_workload", "destination_workload_namespace",
@@ -89,12 +92,13 @@ class Telemetry:
             "vllm_canary_gateway_mirror_dropped",
             "Mirror copies not sent because too many were already in flight.", registry=registry)
 
-    def record(self, dest: DestinationLabels, code: int, flags: str, duration_s: float,
+    def record(self, dest: DestinationLabels, code: int, flags: list[str], duration_s: float,
                request_bytes: int, response_bytes: int) -> None:
+        flag_text = ",".join(sorted(set(flags), key=FLAG_ORDER.index)) if flags else "-"
         values = (
             "destination", *self.source, dest.workload, dest.namespace, dest.app, dest.version,
             dest.service, dest.service_name, dest.namespace, dest.app, dest.version, "http",
-            str(code), "", flags or "-", "none",
+            str(code), "", flag_text, "none",
         )
         self.requests.labels(*values).inc()
         self.duration.labels(*values).observe(duration_s * 1000.0)
