@@ -24,7 +24,8 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context", help="kubeconfig context")
     g.add_argument("--prometheus", metavar="URL", help="read metrics through Prometheus")
     g.add_argument("--scrape", nargs="*", metavar="URL",
-                   help="scrape these /metrics (first = gateway); default: the local stack's")
+                   help="scrape these /metrics: the gateway's, then VERSION=URL per server "
+                        "(default: the local stack's)")
 
 
 def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,7 +45,11 @@ def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if prom:
         source: dict[str, Any] = {"kind": "prometheus", "url": prom}
     elif args.scrape:
-        source = {"kind": "scrape", "gateway": args.scrape[0], "servers": args.scrape[1:]}
+        servers = {}
+        for i, item in enumerate(args.scrape[1:]):
+            version, sep, url = item.partition("=")
+            servers[version if sep else f"server{i}"] = url if sep else item
+        source = {"kind": "scrape", "gateway": args.scrape[0], "servers": servers}
     elif stack:
         source = {"kind": "scrape", "gateway": stack.gateway_metrics_url,
                   "servers": {v: s.metrics_url for v, s in stack.servers.items()}}

@@ -1,0 +1,113 @@
+"""End to end on a real local stack (two `serve --engine sim` processes behind the gateway):
+`vllm-canary rollout start` promotes a healthy v2, aborts an erroring or dead one, and a
+controller killed mid-step resumes where it was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.rollout import LoadGen, cli
+
+pytestmark = pytest.mark.real
+
+STRATEGY = """\
+steps:
+  - setWeight: 10
+  - analysis: {duration: 20s}
+  - setWeight: 50
+  - analysis: {duration: 20s}
+  - setWeight: 100
+analysis:
+  metrics: [error-rate, latency-p95, ttft-p95]
+  alpha: 0.01
+  interval: 1s
+  minSamples: 20
+  downAfter: 5s
+"""
+
+
+def start_rollout(tmp_path: Path, stack, state: Path) -> subprocess.Popen[str]:
+    strategy = tmp_path / "rollout.yaml"
+    strategy.write_text(STRATEGY)
+    return subprocess.Popen(
+        cli("rollout", "start", "--strategy", str(strategy), "--state", str(state),
+            *stack.rollout_flags()),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 150.0) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"rollout did not finish in {timeout}s:\n{out}")
+    return proc.returncode, out
+
+
+def test_healthy_v2_is_promoted(tmp_path: Path, stack_factory) -> None:
+    stack = stack_factory()
+    with LoadGen(stack.url("gw")):
+        code, out = finish(start_rollout(tmp_path, stack, tmp_path / "state.json"))
+    assert code == 0, out
+    assert stack.weights() == {"v1": 0, "v2": 100}
+    assert "promoted" in out
+
+
+def test_v2_with_5_percent_errors_is_aborted(tmp_path: Path, stack_factory) -> None:
+    stack = stack_factory(v2_error_rate=0.05)
+    with LoadGen(stack.url("gw")):
+        code, out = finish(start_rollout(tmp_path, stack, tmp_path / "state.json"))
+    assert code == 4, out
+    assert stack.weights() == {"v1": 100, "v2": 0}
+    assert "error-rate" in out
+
+
+def test_v2_killed_mid_rollout_is_aborted(tmp_path: Path, stack_factory) -> None:
+    stack = stack_factory()
+    state = tmp_path / "state.json"
+    with LoadGen(stack.url("gw")):
+        proc = start_rollout(tmp_path, stack, state)
+        wait_for(state, lambda s: s["phase"] == "Analyzing" and s["step"] == 1)
+        stack.kill("v2")
+        code, out = finish(proc)
+    assert code == 4, out
+    assert stack.weights() == {"v1": 100, "v2": 0}
+
+
+def test_controller_killed_mid_step_resumes(tmp_path: Path, stack_factory) -> None:
+    stack = stack_factory()
+    state = tmp_path / "state.json"
+    with LoadGen(stack.url("gw")):
+        first = start_rollout(tmp_path, stack, state)
+        before = wait_for(state, lambda s: s["phase"] == "Analyzing" and s["step"] == 3)
+        first.kill()
+        first.communicate()
+        code, out = finish(start_rollout(tmp_path, stack, state))
+    assert code == 0, out
+    assert "resuming" in out
+    after = json.loads(state.read_text())
+    steps_entered = [e["message"] for e in after["events"]]
+    assert steps_entered.count("canary weight 10%") == 1
+    assert steps_entered.count("canary weight 50%") == 1
+    resumed = [e for e in after["events"] if e["step"] == 4]  # the analysis step it was in
+    assert resumed and resumed[0]["at"] >= before["step_started"] + 20  # kept its start time
+    assert stack.weights() == {"v1": 0, "v2": 100}
+
+
+def wait_for(state: Path, ok, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(state.read_text())
+        except (OSError, ValueError):
+            data = None
+        if data and ok(data):
+            return data
+        time.sleep(0.2)
+    pytest.fail(f"rollout state never reached the expected point: {data}")
