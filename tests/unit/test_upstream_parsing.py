@@ -54,13 +54,23 @@ def test_sse_decoder_joins_data_lines_and_skips_comments_and_other_fields() -> N
     lines = [b": keep-alive\n", b"event: message\r\n", b"id: 7\n", b"data: {\"a\":\n",
              b"data: 1}\n", b"\n", b"data:[DONE]\n", b"\n"]
     out = [d for d in map(decoder.feed_line, lines) if d is not None]
-    assert out == ['{"a":\n1}', "[DONE]"]
+    assert out == [b'{"a":\n1}', b"[DONE]"]
+
+
+def test_sse_decoder_gives_the_same_events_however_the_bytes_are_split() -> None:
+    stream = b'data: {"x": 1}\r\n\r\n: ping\n\ndata: {"x": 2}\n\ndata: [DONE]\n\n'
+    whole = SSEDecoder().feed(stream)
+    assert whole == [b'{"x": 1}', b'{"x": 2}', b"[DONE]"]
+    for size in (1, 2, 3, 7):
+        decoder = SSEDecoder()
+        parts = [stream[i : i + size] for i in range(0, len(stream), size)]
+        assert [d for part in parts for d in decoder.feed(part)] == whole
 
 
 def test_sse_decoder_flushes_an_event_without_its_blank_line() -> None:
     decoder = SSEDecoder()
-    assert decoder.feed_line("data: x") is None
-    assert decoder.flush() == "x"
+    assert decoder.feed(b"data: x") == []
+    assert decoder.flush() == b"x"
     assert decoder.flush() is None
 
 

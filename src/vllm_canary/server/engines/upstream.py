@@ -27,35 +27,53 @@ ERROR_BODY_LIMIT = 64 * 1024
 
 
 class SSEDecoder:
-    """Incremental Server-Sent Events decoder: feed it lines, get each event's `data` payload.
+    """Incremental Server-Sent Events decoder: feed it bytes as they arrive, get each event's
+    `data` payload.
 
     Only `data:` fields matter for the OpenAI streaming format; comments and other fields are
-    skipped, and multi-line data is joined with newlines as the SSE spec says.
+    skipped, and multi-line data is joined with newlines as the SSE spec says. Payloads stay
+    bytes (json.loads takes them) and whole network reads are split at once, because this runs
+    for every token of every proxied stream.
     """
 
     def __init__(self) -> None:
-        self._data: list[str] = []
+        self._data: list[bytes] = []
+        self._tail = b""
 
-    def feed_line(self, raw: bytes | str) -> str | None:
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Consume raw bytes (any split); return the data of every event they completed."""
+        lines = (self._tail + chunk).split(b"\n") if self._tail else chunk.split(b"\n")
+        self._tail = lines.pop()
+        out = []
+        for line in lines:
+            data = self.feed_line(line)
+            if data is not None:
+                out.append(data)
+        return out
+
+    def feed_line(self, line: bytes) -> bytes | None:
         """Consume one line (with or without its line ending); return a completed event's data."""
-        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        line = line.rstrip("\r\n")
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
         if not line:
             if not self._data:
                 return None
-            data = "\n".join(self._data)
+            data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
             self._data = []
             return data
-        if line.startswith(":"):
-            return None
-        field, _, value = line.partition(":")
-        if field == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+        return None  # comments (":...") and other fields (event, id, retry) do not matter here
 
-    def flush(self) -> str | None:
+    def flush(self) -> bytes | None:
         """The last event's data when a stream ended without its closing blank line."""
-        return self.feed_line("")
+        if self._tail:
+            self.feed_line(self._tail)
+            self._tail = b""
+        return self.feed_line(b"")
 
 
 def error_from_body(status: int, body: bytes | str, url: str) -> EngineError:
@@ -303,22 +321,26 @@ class UpstreamEngine:
                     return
                 decoder = SSEDecoder()
                 done = False
-                async for line in resp.content:
-                    data = decoder.feed_line(line)
-                    if data is None:
-                        continue
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    for event in events_from_chunk(request.kind, json.loads(data)):
-                        if isinstance(event, Usage):
-                            usage = event
+                while not done:
+                    chunk = await resp.content.readany()
+                    payloads = decoder.feed(chunk) if chunk else [decoder.flush()]
+                    for data in payloads:
+                        if data is None:
                             continue
-                        if event.text:
-                            deltas += 1
-                        if event.finish_reason:
-                            finished.add(event.index)
-                        yield event
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        for event in events_from_chunk(request.kind, json.loads(data)):
+                            if isinstance(event, Usage):
+                                usage = event
+                                continue
+                            if event.text:
+                                deltas += 1
+                            if event.finish_reason:
+                                finished.add(event.index)
+                            yield event
+                    if not chunk:
+                        break
             except EngineError:
                 raise
             except TimeoutError as exc:
