@@ -14,7 +14,7 @@ from vllm_canary.errors import UserError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the top-level parser."""
-    _gateway(sub)
+    add_gateway_parser(sub)
     from vllm_canary.gateway import stack, status
 
     stack.register(sub)
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _routes(sub)
 
 
-def _gateway(sub: argparse._SubParsersAction) -> None:
+def add_gateway_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gateway",
         help="route OpenAI traffic by Istio VirtualService/DestinationRule objects",

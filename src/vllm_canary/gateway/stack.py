@@ -133,11 +133,11 @@ def run(args: argparse.Namespace) -> int:
             log = workdir / f"{v}.log"
             children.append(Child(f"{v} server", procs.start(_server_argv(args, v, port, metrics),
                                                             log=log), log, f"{base}:{port}/health"))
-        gw_argv = _cli("gateway", "--routes", str(routes), "--host", args.host,
-                       "--port", str(args.port), "--metrics-port", str(args.metrics_port),
-                       "--admin-port", str(args.admin_port),
-                       "--upstream", f"v1={base}:{args.v1_port}",
-                       "--upstream", f"v2={base}:{args.v2_port}")
+        gw_argv = [sys.executable, "-m", "vllm_canary.gateway", "gateway",
+                   "--routes", str(routes), "--host", args.host, "--port", str(args.port),
+                   "--metrics-port", str(args.metrics_port), "--admin-port", str(args.admin_port),
+                   "--upstream", f"v1={base}:{args.v1_port}",
+                   "--upstream", f"v2={base}:{args.v2_port}"]
         if args.seed is not None:
             gw_argv += ["--seed", str(args.seed)]
         log = workdir / "gateway.log"
