@@ -18,7 +18,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-pytestmark = pytest.mark.real
+# vLLM may need minutes to start on a busy 2-core machine; the shared start counts here.
+pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
 
 
 def client(vllm_server: Any) -> openai.OpenAI:
