@@ -220,3 +220,40 @@ def test_alert_expressions_pick_the_bad_version(stack: Stack):
     stack.servers["v3"].stop()
     got = _wait_for(prom, exprs["VLLMVersionDown"], {"v3"}, timeout=30)
     assert got == {"v3"}
+
+
+def _cli_has(command: str) -> bool:
+    try:
+        proc = subprocess.run([CLI, command, "--help"], capture_output=True, timeout=60)
+    except OSError:
+        return False
+    return proc.returncode == 0
+
+
+def test_argo_web_metrics_are_answered_by_analyze_serve(stack: Stack, render: Any,
+                                                        tmp_path: Path):
+    """The chart's AnalysisTemplate `web` metrics, pointed at a real `analyze --serve` that
+    reads this Prometheus, get a verdict Argo's jsonPath and conditions understand."""
+    if not _cli_has("analyze"):
+        pytest.skip("`vllm-canary analyze` is not in this checkout yet")
+    rendered = render({"rollouts": {"enabled": True, "analysis": {"web": {"enabled": True}}}})
+    template = next(m.obj for m in rendered.manifests if m.kind == "AnalysisTemplate")
+    web = [m for m in template["spec"]["metrics"] if "web" in m["provider"]]
+    assert [m["provider"]["web"]["jsonPath"] for m in web] == ["{$.verdict}"] * len(web)
+    port = procs.free_port()
+    proc = procs.start([CLI, "analyze", "--serve", "--host", "127.0.0.1", "--port", str(port),
+                        "--prometheus", stack.prometheus.url,
+                        "--admin-url", "http://127.0.0.1:9", "--admin-token", "unused"],
+                       log=tmp_path / "analyze.log")
+    try:
+        procs.wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
+        for metric in web:
+            url = metric["provider"]["web"]["url"]
+            path = url[url.index("/analyze?"):]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+                body = json.load(resp)
+            assert body["verdict"] in ("pass", "fail", "inconclusive"), (path, body)
+            assert metric["successCondition"] == 'result == "pass"'
+            assert metric["failureCondition"] == 'result == "fail"'
+    finally:
+        procs.stop(proc)
