@@ -75,3 +75,42 @@ def test_gateway_follows_changed_weights(render):
     table = _table(render({"versions": [{"name": "v1", "weight": 0}, {"name": "v2",
                                                                      "weight": 100}]}))
     assert _route_many(table, {}, 1000) == Counter({"v2": 1000})
+
+
+def test_gateway_process_serves_the_rendered_routes(render, serve_process, tmp_path):
+    """`vllm-canary gateway --routes <chart's VS+DR>` in front of real v1/v2 servers."""
+    import json
+    import subprocess
+    import urllib.request
+
+    from tests.fixtures.server import CLI
+    from vllm_canary import procs
+
+    if subprocess.run([CLI, "gateway", "--help"], capture_output=True, timeout=60).returncode:
+        pytest.skip("`vllm-canary gateway` is not in this checkout yet")
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(yaml.safe_dump_all(
+        [m.obj for m in render().manifests if m.kind in ("VirtualService", "DestinationRule")]))
+    v1, v2 = serve_process("v1"), serve_process("v2")
+    port, mport, aport = procs.free_port(), procs.free_port(), procs.free_port()
+    gw = procs.start([CLI, "gateway", "--routes", str(routes), "--host", "127.0.0.1",
+                      "--port", str(port), "--metrics-port", str(mport), "--admin-port",
+                      str(aport), "--admin-token", "t", "--seed", "3",
+                      "--upstream", f"v1={v1.url}", "--upstream", f"v2={v2.url}"],
+                     log=tmp_path / "gateway.log")
+    try:
+        procs.wait_http(f"http://127.0.0.1:{mport}/metrics", 60, gw)
+
+        def version(headers: dict[str, str]) -> str:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/completions",
+                json.dumps({"prompt": "hello", "max_tokens": 2}).encode(),
+                {"Host": "vllm-service.default.svc.cluster.local", **headers})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.headers["x-model-version"]
+
+        split = Counter(version({}) for _ in range(300))
+        assert 10 <= split["v2"] <= 55 and split["v1"] + split["v2"] == 300, split
+        assert Counter(version({"x-ab-test": "v2"}) for _ in range(30)) == Counter({"v2": 30})
+    finally:
+        procs.stop(gw)
