@@ -76,13 +76,14 @@ def plan(
 
 
 def run_sample(
-    log_dir: Path, day: date, n: int, targets: list[generate.Target], out_dir: Path,
+    log_dirs: Path | list[Path], day: date, n: int, targets: list[generate.Target], out_dir: Path,
     *, seed: int = 0, policy: generate.Policy | None = None, progress_out: TextIO = sys.stderr,
 ) -> SampleResult:
     """Select, answer and write one day's sample file; safe to re-run."""
     policy = policy or generate.Policy()
     stats = logs.ReadStats()
-    files = logs.day_files(log_dir, day)
+    dirs = [log_dirs] if isinstance(log_dirs, Path) else log_dirs
+    files = sorted({f for d in dirs for f in logs.day_files(d, day)})
     picked = sampler.select(logs.read_records(files, stats), n, seed, stats)
     path = samplefile.path_for(out_dir, day)
     journal_path = samplefile.journal_for(path)

@@ -49,7 +49,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"read {s.lines} lines in {s.files} files ({s.invalid} invalid skipped; "
           f"excluded: {excluded})", file=sys.stderr)
     if s.files == 0:
-        print(f"warning: no request logs for {day} in {args.logs}", file=sys.stderr)
+        where = " ".join(str(p) for p in args.logs)
+        print(f"warning: no request logs for {day} in {where}", file=sys.stderr)
     print(f"{res.path}: {res.items} items, {res.asked} asked now, "
           f"{res.failed_answers} failed answers")
     return 0
@@ -143,7 +144,8 @@ def cmd_loop_daily(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the top-level parser."""
     p = sub.add_parser("sample", help="sample a day's real prompts and answer them with v1 and v2")
-    p.add_argument("--logs", type=Path, required=True, help="request-log folder of the servers")
+    p.add_argument("--logs", type=Path, nargs="+", required=True,
+                   help="request-log folder(s) of the servers (`serve --log-dir`)")
     p.add_argument("--date", help="UTC day YYYY-MM-DD (default: today)")
     p.add_argument("--n", type=int, default=100, help="prompts to sample (default 100)")
     p.add_argument("--v1", required=True, help="base URL of the stable version")
@@ -203,7 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = loop_sub.add_parser("daily", help="what the 02:00 CronJob runs: sample yesterday "
                             "(+ push to Label Studio when configured)")
     d.add_argument("--config", type=Path, help="YAML settings file (keys as the flags)")
-    d.add_argument("--logs", type=Path)
+    d.add_argument("--logs", type=Path, nargs="+")
     d.add_argument("--out", type=Path)
     d.add_argument("--date", help="UTC day YYYY-MM-DD (default: yesterday)")
     d.add_argument("--n", type=int)

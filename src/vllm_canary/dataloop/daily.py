@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from vllm_canary.config import load_settings
 from vllm_canary.errors import ConfigError
@@ -18,7 +18,7 @@ from vllm_canary.errors import ConfigError
 class DailySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    logs: Path = Path("logs")
+    logs: list[Path] = [Path("logs")]
     out: Path = Path("annotations")
     date: str | None = None
     n: int = 100
@@ -31,6 +31,11 @@ class DailySettings(BaseModel):
     concurrency: int = 8
     timeout: float = 60.0
     retries: int = 2
+
+    @field_validator("logs", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str | Path) else value
 
 
 def run(args: argparse.Namespace) -> int:
