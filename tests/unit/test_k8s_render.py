@@ -125,3 +125,35 @@ def test_user_mistakes_are_one_line_errors(argv, needle, chart_dir):
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cronjob_args_are_a_valid_vllm_canary_command(render):
+    from vllm_canary.cli import build_parser
+
+    ms = render().manifests
+    pod = find(ms, "CronJob", "vllm-dataloop")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.loop_command) == ("loop", "daily")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VLLM_CANARY_V1"] == "http://vllm-service-v1.default.svc.cluster.local:8000"
+    assert env["VLLM_CANARY_V2"] == "http://vllm-service-v2.default.svc.cluster.local:8000"
+    find(ms, "Service", "vllm-service-v1")  # the URLs resolve to per-version Services
+
+
+def test_server_args_are_a_valid_serve_command(render):
+    from vllm_canary.cli import build_parser
+
+    container = find(render().manifests, "Deployment", "vllm-v1")["spec"]["template"]["spec"][
+        "containers"][0]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.version, args.engine, args.port) == ("serve", "v1", "vllm", 8000)
+    assert "--tensor-parallel-size" in args.vllm_args
+
+
+def test_dataloop_without_persistence_is_a_render_error(chart_dir):
+    from vllm_canary.errors import UserError
+    from vllm_canary.k8s.render import render_chart
+
+    with pytest.raises(UserError, match=r"needs persistence\.enabled"):
+        render_chart(chart_dir, {"persistence": {"enabled": False}})
