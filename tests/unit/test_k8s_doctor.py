@@ -84,6 +84,13 @@ FAULTS: dict[str, tuple[str, Callable[[list[Manifest]], list[Manifest]]]] = {
 }
 
 
+def test_gateway_api_backend_without_service_is_found(render):
+    ms = _drop(render({"routing": {"mode": "gatewayapi"}}).manifests, "Service")
+    findings = run_checks([m for m in ms if m.kind != "Deployment"] + [
+        m for m in render().manifests if m.kind == "Service" and m.name == "vllm-service"])
+    assert "backend-refs" in {f.check for f in findings}
+
+
 def test_defaults_and_variants_are_clean(render):
     for values in ({}, {"routing": {"mode": "gatewayapi"}}, {"rollouts": {"enabled": True}},
                    {"autoscaling": {"enabled": False}}):

@@ -133,6 +133,13 @@ def test_bundled_crds_match_their_recorded_checksums():
         assert digest == recorded[name], name
 
 
+def test_bundled_crds_equal_the_shared_ones_when_present():
+    if not crds.SHARED_DIR.is_dir():
+        pytest.skip("no ../shared/schemas/crds beside this checkout")
+    for path in crds.SHARED_DIR.glob("*.yaml"):
+        assert (crds.PACKAGE_DIR / path.name).read_bytes() == path.read_bytes(), path.name
+
+
 def test_env_var_overrides_the_schema_folder(monkeypatch, tmp_path):
     monkeypatch.setenv(crds.ENV_VAR, str(tmp_path))
     assert crds.schema_dir() == tmp_path
@@ -154,8 +161,11 @@ def test_validate_command_exit_codes(chart_dir, tmp_path: Path):
     dr.write_text(dr.read_text().replace("  subsets:", "  subset:"))
     svc = broken / "templates" / "service.yaml"
     svc.write_text(svc.read_text().replace("type: ClusterIP", "type: [ClusterIP]", 1))
+    (broken / "Chart.yaml").write_text((broken / "Chart.yaml").read_text().replace(
+        "icon: ", "iconx: "))
     bad = _cli("validate", str(broken))
     assert bad.returncode == 1
     assert "DestinationRule/vllm (vllm-canary/templates/destinationrule.yaml): spec:" in bad.stdout
     assert "Service/vllm-service" in bad.stdout and "spec.type" in bad.stdout
+    assert "LINT " in bad.stdout  # helm lint --strict: the icon is gone
     assert "Traceback" not in bad.stderr

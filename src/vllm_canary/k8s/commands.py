@@ -75,7 +75,14 @@ def run_validate(args: argparse.Namespace) -> int:
 
     if args.crd_dir is not None and not args.crd_dir.is_dir():
         raise UserError(f"--crd-dir {args.crd_dir} is not a folder")
+    from vllm_canary.k8s import values
+    from vllm_canary.k8s.render import lint
+
     rendered = _render(args)
+    lint_findings = lint(args.chart, values.collect(args.values_files, args.sets),
+                         args.namespace)
+    for finding in lint_findings:
+        print(f"LINT {finding}")
     try:
         problems = validate_all(rendered.manifests, kube_version=args.kube_version,
                                 crd_dir=args.crd_dir)
@@ -87,10 +94,12 @@ def run_validate(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"INVALID {problem}")
     count = len(rendered.manifests)
-    if problems:
-        print(f"{len(problems)} problem(s) in {count} objects", file=sys.stderr)
+    if problems or lint_findings:
+        print(f"{len(problems)} problem(s) in {count} objects, {len(lint_findings)} lint "
+              "finding(s)", file=sys.stderr)
         return 1
-    print(f"ok: {count} objects valid (built-in kinds strict, custom kinds against CRD schemas)")
+    print(f"ok: helm lint --strict clean; {count} objects valid (built-in kinds strict, "
+          "custom kinds against CRD schemas)")
     return 0
 
 

@@ -121,6 +121,24 @@ def _scraped(svc: Manifest, monitors: list[Manifest]) -> bool:
     return False
 
 
+def check_backend_refs(objs: Objects, namespace: str) -> Iterable[Finding]:
+    """Gateway API routes must point at Services that exist and expose the port."""
+    services = {m.name: m for m in objs.of("Service")}
+    for route in objs.of("HTTPRoute"):
+        for i, rule in enumerate(_spec(route).get("rules") or []):
+            for ref in rule.get("backendRefs") or []:
+                if ref.get("kind", "Service") != "Service":
+                    continue
+                svc = services.get(ref.get("name"))
+                ports = {p.get("port") for p in _spec(svc).get("ports") or []} if svc else set()
+                if svc is None or ref.get("port") not in ports:
+                    yield Finding(
+                        "backend-refs", route.ref,
+                        f"rules[{i}] sends traffic to {ref.get('name')}:{ref.get('port')}, "
+                        "which no Service exposes (500s from the gateway)",
+                        "render per-version Services (the chart does) or fix the backendRef")
+
+
 def check_scrape(objs: Objects, namespace: str) -> Iterable[Finding]:
     """Model-server pods need a Service that is annotated for scraping or selected by a
     ServiceMonitor on a named port, or their metrics are missing."""
@@ -252,8 +270,9 @@ def run_checks(
 ) -> list[Finding]:
     """All checks over one release's objects."""
     objs = Objects(manifests)
-    checks = (check_subset_labels, check_route_subsets, check_scrape, check_fqdn_hosts,
-              check_weights, check_port_names, check_hpa_targets, make_probe_check(load_seconds))
+    checks = (check_subset_labels, check_route_subsets, check_backend_refs, check_scrape,
+              check_fqdn_hosts, check_weights, check_port_names, check_hpa_targets,
+              make_probe_check(load_seconds))
     findings: list[Finding] = []
     for check in checks:
         findings.extend(check(objs, namespace))

@@ -106,6 +106,23 @@ def render_chart(
     return Rendered(sorted(manifests, key=_sort_key), merged, notes)
 
 
+def lint(
+    chart: Path, values: dict[str, Any] | None = None, namespace: str = "default"
+) -> list[str]:
+    """`helm lint --strict` findings (warnings and errors) as `path: message` lines."""
+    import helm_python as helm
+
+    try:
+        report = helm.lint(chart, values or {}, strict=True, namespace=namespace)
+    except helm.HelmError as exc:
+        raise UserError(f"helm lint could not run on {chart}: {_one_line(exc)}") from None
+    found = [f"{m.get('path', '')}: {_one_line(Exception(m.get('error', '')))}"
+             for m in report.get("messages") or [] if int(m.get("severity", 0)) >= 2]
+    seen = " ".join(found)
+    return found + [_one_line(Exception(e)) for e in report.get("errors") or []
+                    if _one_line(Exception(e)) not in seen]
+
+
 def to_yaml(rendered: Rendered) -> str:
     """A multi-document stream like `helm template`, with `# Source:` comments."""
     parts = []
