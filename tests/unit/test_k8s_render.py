@@ -157,3 +157,12 @@ def test_dataloop_without_persistence_is_a_render_error(chart_dir):
 
     with pytest.raises(UserError, match=r"needs persistence\.enabled"):
         render_chart(chart_dir, {"persistence": {"enabled": False}})
+
+
+def test_render_output_round_trips(render):
+    from vllm_canary.k8s.render import to_yaml
+
+    rendered = render({"routing": {"mirror": {"enabled": True}}})
+    text = to_yaml(rendered)
+    assert "vllm-sre.json: |" in text  # multi-line data as readable blocks
+    assert [d for d in yaml.safe_load_all(text) if d] == [m.obj for m in rendered.manifests]

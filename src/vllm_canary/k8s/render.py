@@ -123,11 +123,24 @@ def lint(
                     if _one_line(Exception(e)) not in seen]
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (dashboards, rules, scripts) as `|` blocks, as Helm's are."""
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
 def to_yaml(rendered: Rendered) -> str:
     """A multi-document stream like `helm template`, with `# Source:` comments."""
     parts = []
     for m in rendered.manifests:
-        body = yaml.safe_dump(m.obj, sort_keys=False, default_flow_style=False)
+        body = yaml.dump(m.obj, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False,
+                         width=100)
         parts.append(f"---\n# Source: {m.source}\n{body}")
     return "".join(parts)
 
