@@ -55,3 +55,26 @@ def test_refusals_are_actuator_errors_with_the_gateways_message(admin_url: str) 
         GatewayActuator(admin_url, TOKEN).set_weights({"v1": 50, "v2": 60})
     with pytest.raises(ActuatorError, match="unreachable"):
         GatewayActuator(f"http://127.0.0.1:{free_port()}", TOKEN).get_weights()
+
+
+def test_cli_abort_with_no_controller_running_acts_directly(
+        admin_url: str, tmp_path: Path, capsys) -> None:
+    from vllm_canary.cli import main
+    from vllm_canary.rollout.state import Phase, RolloutState, StateStore
+
+    GatewayActuator(admin_url, TOKEN).set_weights({"v1": 50, "v2": 50})
+    store = StateStore(tmp_path / "rollout.json")
+    store.save(RolloutState(
+        strategy={"steps": [{"setWeight": 50}, {"pause": {}}]},
+        target={"actuator": {"kind": "gateway", "admin_url": admin_url, "token": TOKEN},
+                "source": {"kind": "scrape", "gateway": None,
+                           "servers": {"v2": f"http://127.0.0.1:{free_port()}/metrics"}}},
+        phase=Phase.PAUSED, step=1, weights={"v1": 50, "v2": 50}))
+    assert main(["rollout", "status", "--state", str(store.path)]) == 0
+    assert "Paused" in capsys.readouterr().out
+    assert main(["rollout", "abort", "--state", str(store.path)]) == 0
+    assert "Aborted" in capsys.readouterr().out
+    assert GatewayActuator(admin_url, TOKEN).get_weights() == {"v1": 100, "v2": 0}
+    saved = store.load()
+    assert saved is not None and saved.phase is Phase.ABORTED
+    assert main(["rollout", "abort", "--state", str(store.path)]) == 2  # already over

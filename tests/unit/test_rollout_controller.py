@@ -166,3 +166,17 @@ def test_canary_down_for_longer_than_down_after_aborts(tmp_path: Path, clock: Cl
     assert phases[-1] is Phase.ABORTED and len(phases) >= 15  # downAfter: 15s by default
     assert act.sets() == [TO_CANARY[0], BACK]
     assert any("v2 is down" in e.message for e in ctl.state.events)
+
+
+def test_tolerance_makes_the_last_gate_wait_for_evidence(tmp_path: Path, clock: Clock) -> None:
+    strategy = {**ISSUE, "analysis": {**ISSUE["analysis"], "tolerance": 2.0,
+                                      "metrics": ["error-rate"], "timeoutFactor": 100}}
+    act = FakeActuator()
+    src = FakeSource(act, rate=100, error_rate={"v1": 0.05, "v2": 0.05})
+    ctl = make(tmp_path, clock, act, src, strategy)
+    at_gate = []
+    while ctl.tick() not in (Phase.PROMOTED, Phase.ABORTED, Phase.PAUSED):
+        clock.sleep(1)
+        at_gate.append(ctl.state.message)
+    assert ctl.state.phase is Phase.PROMOTED and act.sets() == TO_CANARY
+    assert any("not yet shown within 2x" in r for r in at_gate)

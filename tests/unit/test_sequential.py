@@ -94,3 +94,15 @@ def test_threshold_is_the_bucket_nearest_the_baselines_p95() -> None:
     assert pick_threshold(bounds, cum, 0.95) == 250.0
     assert exceedances(bounds, cum, 250.0) == 70
     assert pick_threshold(bounds, np.zeros(4), 0.95) is None
+
+
+def test_within_tolerance_test_is_valid_when_the_canary_is_twice_as_bad() -> None:
+    data = simulate(500, 600, 0.02, 0.01, seed=21, weight=0.5)
+    times = rejection_times(*data, delta0=2.0, alpha=0.01, direction="within")
+    assert np.mean(times >= 0) <= 0.01
+
+
+def test_within_tolerance_test_confirms_a_healthy_canary() -> None:
+    data = simulate(500, 900, 0.01, 0.01, seed=22, weight=0.5)
+    times = rejection_times(*data, delta0=2.0, alpha=0.01, direction="within")
+    assert np.mean(times >= 0) >= 0.8

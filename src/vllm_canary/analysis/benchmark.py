@@ -20,6 +20,8 @@ from vllm_canary.analysis.simulate import Scenario, TraceSim
 RESULTS = Path("bench/results")
 ISSUE_STEPS = [(10, 120), (50, 120), (100, 0)]  # the issue's strategy: 10% 2m, 50% 2m, 100%
 HOLD10_STEPS = [(10, 600), (100, 0)]  # analysis held at 10% for 10 minutes
+TOLERANCE = 2.0  # the promotion gate of the third variant: shown < 2x the baseline's rate
+TIMEOUT_FACTOR = 5.0  # an analysis step waits up to 5x its duration for enough evidence
 WARMUP_REQUESTS = 1200  # a minute of baseline traffic before the rollout starts
 
 BASE = Scenario(name="A/A (1% errors, p95 273 ms)")
@@ -45,9 +47,10 @@ class Outcome:
 
 
 def run_ours(sim: TraceSim, seconds: int, steps: list[tuple[int, int]], alpha: float,
-             name: str) -> tuple[np.ndarray, np.ndarray]:
+             name: str, tolerance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     rng = sim.rng_for(name)
-    ours = progressive.SequentialRollout(sim.runs, steps, alpha=alpha)
+    ours = progressive.SequentialRollout(sim.runs, steps, alpha=alpha, tolerance=tolerance,
+                                         timeout_factor=TIMEOUT_FACTOR)
     ours.warm_up(sim.bounds, rng.multinomial(np.full(sim.runs, WARMUP_REQUESTS),
                                              sim.bucket_probs(0, 1.0)))
     for t in range(seconds):
@@ -102,6 +105,8 @@ def evaluate(sc: Scenario, runs: int, seconds: int, seed: int, alpha: float) -> 
     out = [summarise("Flagger (tutorial)", sc, *run_flagger(sim, seconds))]
     out.append(summarise("ours (issue strategy)", sc,
                          *run_ours(sim, seconds, ISSUE_STEPS, alpha, "ours")))
+    out.append(summarise("ours (issue strategy, tolerance 2x)", sc,
+                         *run_ours(sim, seconds, ISSUE_STEPS, alpha, "ours-tol", TOLERANCE)))
     out.append(summarise("ours (held at 10%)", sc,
                          *run_ours(sim, seconds, HOLD10_STEPS, alpha, "ours-hold10")))
     return out
@@ -128,7 +133,8 @@ def speedups(rows: list[Outcome]) -> list[str]:
     by = {(r.scenario, r.method): r for r in rows}
     for sc in {r.scenario for r in rows if r.bad}:
         fl = by[(sc, "Flagger (tutorial)")].median_all_s
-        for m in ("ours (issue strategy)", "ours (held at 10%)"):
+        for m in ("ours (issue strategy)", "ours (issue strategy, tolerance 2x)",
+                  "ours (held at 10%)"):
             ours = by[(sc, m)].median_all_s
             ratio = fl / ours if np.isfinite(ours) and ours > 0 else 0.0
             out.append(f"- {sc}: {m} is {ratio:.1f}x faster than Flagger "
@@ -155,6 +161,8 @@ def power_curves(runs: int, seconds: int, seed: int, alpha: float, path: Path) -
             for name, (phase, _) in {
                 "Flagger (tutorial)": run_flagger(sim, seconds),
                 "ours (issue strategy)": run_ours(sim, seconds, ISSUE_STEPS, alpha, "ours"),
+                "ours (tolerance 2x)": run_ours(sim, seconds, ISSUE_STEPS, alpha, "ours-tol",
+                                                TOLERANCE),
                 "ours (held at 10%)": run_ours(sim, seconds, HOLD10_STEPS, alpha, "ours-hold10"),
             }.items():
                 curves.setdefault(name, []).append(float(np.mean(phase == progressive.ABORTED)))

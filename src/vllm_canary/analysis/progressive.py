@@ -18,11 +18,15 @@ class SequentialRollout:
 
     def __init__(self, runs: int, steps: list[tuple[int, int]], alpha: float = 0.01,
                  margin: float = 0.0, quantile: float = 0.95, min_samples: int = 50,
-                 timeout_factor: float = 3.0) -> None:
+                 timeout_factor: float = 3.0, tolerance: float | None = None) -> None:
         self.steps = steps
         self.alpha_each = alpha / 2  # two metrics: error-rate and latency-p95
         self.delta0 = 1.0 + margin
         self.grid = delta_grid(self.delta0)
+        self.tolerance = tolerance
+        self.grid_within = delta_grid(tolerance or 2.0, direction="within")
+        # the promotion gate: the last step that analyses (a non-final step with a duration)
+        self.final_step = max((i for i, s in enumerate(steps[:-1]) if s[1] > 0), default=-1)
         self.quantile = quantile
         self.min_samples = min_samples
         self.timeout_factor = timeout_factor
@@ -32,6 +36,8 @@ class SequentialRollout:
         self.step_requests = np.zeros(runs)
         self.llr_err = np.zeros((runs, len(self.grid)))
         self.llr_lat = np.zeros((runs, len(self.grid)))
+        self.within_err = np.zeros((runs, len(self.grid)))
+        self.within_lat = np.zeros((runs, len(self.grid)))
         self.threshold: NDArray = np.full(runs, np.nan)
         self.decided_at = np.full(runs, -1.0)
         self.aborted_by = np.full(runs, "", dtype=object)
@@ -61,6 +67,12 @@ class SequentialRollout:
             exc_b[rows] = exceedances(bounds, cum_b[rows], tau)
         self.llr_lat += np.where(live[:, None], log_lr_increment(
             exc_c, exc_b, n_c, n_b, self.grid, self.delta0), 0.0)
+        if self.tolerance:
+            tol = self.tolerance
+            self.within_err += np.where(live[:, None], log_lr_increment(
+                err_c, err_b, n_c, n_b, self.grid_within, tol), 0.0)
+            self.within_lat += np.where(live[:, None], log_lr_increment(
+                exc_c, exc_b, n_c, n_b, self.grid_within, tol), 0.0)
         bar = np.log(1.0 / self.alpha_each)
         fail_err = log_mixture(self.llr_err) >= bar
         fail_lat = log_mixture(self.llr_lat) >= bar
@@ -74,6 +86,9 @@ class SequentialRollout:
         durations = np.array([s[1] for s in self.steps])[np.minimum(self.step, len(self.steps) - 1)]
         elapsed = t - self.step_started
         done = live & (elapsed >= durations) & (self.step_requests >= self.min_samples)
+        if self.tolerance:
+            shown = (log_mixture(self.within_err) >= bar) & (log_mixture(self.within_lat) >= bar)
+            done &= (self.step != self.final_step) | shown
         stuck = live & ~done & (elapsed >= self.timeout_factor * durations)
         self.phase[stuck] = PAUSED
         self.decided_at[stuck] = t

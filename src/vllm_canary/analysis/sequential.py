@@ -9,6 +9,8 @@ count data"). The product over windows of the likelihood ratio of delta against 
 mixed over a grid of delta > delta0 (a mixture SPRT, Johari et al.), is a nonnegative
 supermartingale whenever the true ratio is <= delta0, so rejecting once it reaches 1/alpha
 keeps the false-rollback rate below alpha however often one looks (Ville's inequality).
+Mirrored (alternatives below delta0, direction "within"), the same construction shows that
+the canary is *not* worse than delta0 times the baseline: the promotion gate's evidence.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ GRID_POINTS = 16
 GRID_SPAN = 16.0  # the alternatives go from delta0 to delta0 * GRID_SPAN (log-spaced)
 
 
-def delta_grid(delta0: float, points: int = GRID_POINTS, span: float = GRID_SPAN) -> NDArray:
-    """Log-spaced alternatives strictly above delta0 (the mixture's prior, uniform weights)."""
-    return delta0 * np.geomspace(span ** (1.0 / points), span, points)
+def delta_grid(delta0: float, points: int = GRID_POINTS, span: float = GRID_SPAN,
+               direction: str = "worse") -> NDArray:
+    """Log-spaced alternatives strictly above delta0 ("worse") or below it ("within"),
+    the mixture's prior with uniform weights."""
+    steps = np.geomspace(span ** (1.0 / points), span, points)
+    return delta0 * steps if direction == "worse" else delta0 / steps
 
 
 def log_lr_increment(
@@ -62,6 +67,7 @@ class RateRatioTest:
 
     delta0: float = 1.0
     alpha: float = 0.01
+    direction: str = "worse"  # H0 "ratio <= delta0" (worse) or "ratio >= delta0" (within)
     log_lr: list[float] = field(default_factory=list)
     events_c: int = 0
     events_b: int = 0
@@ -75,7 +81,8 @@ class RateRatioTest:
 
     def update(self, x_c: int, x_b: int, n_c: int, n_b: int) -> None:
         """Add one window: events and requests per version since the previous update."""
-        inc = log_lr_increment(x_c, x_b, n_c, n_b, delta_grid(self.delta0), self.delta0)
+        grid = delta_grid(self.delta0, direction=self.direction)
+        inc = log_lr_increment(x_c, x_b, n_c, n_b, grid, self.delta0)
         self.log_lr = [float(v) for v in np.asarray(self.log_lr) + inc]
         self.events_c += int(x_c)
         self.events_b += int(x_b)
@@ -94,7 +101,7 @@ class RateRatioTest:
 
     @property
     def rejected(self) -> bool:
-        """True once the evidence that the canary is worse reached 1/alpha (and stays true)."""
+        """True once the evidence against H0 reached 1/alpha (and stays true)."""
         return self.max_log_bf >= np.log(1.0 / self.alpha)
 
     def ratio_estimate(self) -> float | None:
@@ -113,12 +120,13 @@ class RateRatioTest:
 
 def rejection_times(
     x_c: NDArray, x_b: NDArray, n_c: NDArray, n_b: NDArray, delta0: float, alpha: float,
+    direction: str = "worse",
 ) -> NDArray:
     """Vectorised over runs: index of the first window (axis 1) where the test rejects, or -1.
 
     Arrays have shape (runs, windows); used by the benchmark and the A/A simulations.
     """
-    inc = log_lr_increment(x_c, x_b, n_c, n_b, delta_grid(delta0), delta0)
+    inc = log_lr_increment(x_c, x_b, n_c, n_b, delta_grid(delta0, direction=direction), delta0)
     log_bf = log_mixture(np.cumsum(inc, axis=1))
     hit = log_bf >= np.log(1.0 / alpha)
     first = np.argmax(hit, axis=1)

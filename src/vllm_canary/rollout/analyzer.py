@@ -36,11 +36,17 @@ class Analyzer:
         self.tests = {m: RateRatioTest.from_dict(state["tests"][m]) if m in state.get("tests", {})
                       else RateRatioTest(delta0=1.0 + spec.margin, alpha=alpha_each)
                       for m in sequential}
+        self.within = {m: RateRatioTest.from_dict(state["within"][m])
+                       if m in state.get("within", {})
+                       else RateRatioTest(delta0=spec.tolerance, alpha=alpha_each,
+                                          direction="within")
+                       for m in sequential} if spec.tolerance else {}
         self.thresholds: dict[str, float | None] = dict(state.get("thresholds", {}))
         self.step_samples: dict[str, int] = dict(state.get("step_samples", {}))
 
     def to_dict(self) -> dict[str, Any]:
         return {"tests": {m: t.to_dict() for m, t in self.tests.items()},
+                "within": {m: t.to_dict() for m, t in self.within.items()},
                 "thresholds": self.thresholds, "step_samples": self.step_samples}
 
     def start_step(self) -> None:
@@ -57,6 +63,8 @@ class Analyzer:
             if n_c <= 0 and n_b <= 0:
                 continue
             test.update(x_c, x_b, n_c, n_b)
+            if metric in self.within:
+                self.within[metric].update(x_c, x_b, n_c, n_b)
             self.step_samples[metric] = self.step_samples.get(metric, 0) + n_c
 
     def _counts(self, metric: str, c: VersionStats, b: VersionStats,
@@ -85,7 +93,8 @@ class Analyzer:
                 int(exceedances(bounds, np.asarray(hb.cumulative), tau)),
                 int(hc.count), int(hb.count))
 
-    def results(self) -> list[MetricResult]:
+    def results(self, final_gate: bool = False) -> list[MetricResult]:
+        """Verdicts now; at the final gate (before full promotion) a `tolerance` applies."""
         out = []
         for m in self.spec.metrics:
             if isinstance(m, CustomMetric):
@@ -93,10 +102,10 @@ class Analyzer:
             elif m == "quality":
                 out.append(quality_result(Path(self.spec.reports)))
             else:
-                out.append(self._sequential(m))
+                out.append(self._sequential(m, final_gate))
         return out
 
-    def _sequential(self, metric: str) -> MetricResult:
+    def _sequential(self, metric: str, final_gate: bool = False) -> MetricResult:
         t = self.tests[metric]
         samples = self.step_samples.get(metric, 0)
         rate_c = t.events_c / t.requests_c if t.requests_c else None
@@ -111,6 +120,11 @@ class Analyzer:
         elif samples < self.spec.min_samples:
             verdict, reason = Verdict.INCONCLUSIVE, (
                 f"{samples}/{self.spec.min_samples} canary samples in this step")
+        elif final_gate and metric in self.within and not self.within[metric].rejected \
+                and t.events_c > 0:
+            verdict, reason = Verdict.INCONCLUSIVE, (
+                f"not yet shown within {self.spec.tolerance:g}x the baseline "
+                f"(p={self.within[metric].p_value:.2g})")
         else:
             verdict, reason = Verdict.PASS, f"no evidence of regression (p={t.p_value:.2g})"
         return MetricResult(metric, verdict, t.p_value, rate_c, rate_b, samples, reason, extra)

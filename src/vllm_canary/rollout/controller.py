@@ -92,7 +92,8 @@ class Controller:
             if elapsed < duration:
                 s.message = f"analysing {elapsed:.0f}/{duration:.0f}s"
                 return
-            results = self.analyzer.results()
+            final = not any(st.kind == "analysis" for st in steps[s.step + 1:])
+            results = self.analyzer.results(final_gate=final)
             s.results = [r.to_dict() for r in results]
             verdict = combine(results)
             if verdict is Verdict.FAIL:

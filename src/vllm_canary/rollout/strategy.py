@@ -69,6 +69,9 @@ class AnalysisSpec(_Model):
     metrics: list[str | CustomMetric] = Field(default_factory=lambda: ["error-rate", "latency-p95"])
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
     margin: float = Field(default=0.0, ge=0)  # relative slack: canary may be this much worse
+    # Promotion gate: the last analysis passes only once the canary's event rate is shown to
+    # be below `tolerance` x the baseline's (None: no evidence of regression is enough).
+    tolerance: float | None = Field(default=None, gt=1)
     quantile: float = Field(default=0.95, gt=0.5, lt=1)
     min_samples: int = Field(default=50, alias="minSamples", ge=1)
     interval: float = 5.0
