@@ -4,6 +4,7 @@ real Label Studio → annotate → pull → `evaluate`."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -188,3 +190,43 @@ def test_daily_loop_without_versions_is_a_config_error(tmp_path: Path) -> None:
                          text=True, env=env)
     assert run.returncode == 2
     assert run.stderr.strip().startswith("vllm-canary loop: error: loop daily needs the URLs")
+
+
+def test_prometheus_join_reads_each_versions_day_metrics(
+    serve_process: StartServer, tmp_path: Path,
+) -> None:
+    from tests.conftest import require
+    from vllm_canary.dataloop import metricsjoin
+    from vllm_canary.promserver import INSTALL_HINT, PrometheusServer, ScrapeJob, find_binary
+
+    require(find_binary() is not None, "Prometheus", INSTALL_HINT)
+    v1 = serve_process("v1")
+    v2 = serve_process("v2", "--error-rate", "0.5", "--seed", "3")
+    targets = [u.metrics_url.split("//")[1].split("/")[0] for u in (v1, v2)]
+    with PrometheusServer(tmp_path / "prom", [ScrapeJob("vllm", targets)]) as prom:
+        for _ in range(300):  # bounded: both targets scraped once before the traffic
+            up = prom.query("up")
+            if len(up) == 2 and all(s["value"][1] == "1" for s in up):
+                break
+            time.sleep(0.1)
+        for i in range(40):
+            for server in (v1, v2):
+                with contextlib.suppress(urllib.error.HTTPError):
+                    post(server.url, "/v1/completions", {"prompt": f"p {i}", "max_tokens": 8})
+        time.sleep(3)  # two more scrapes
+        got = metricsjoin.from_prometheus(prom.url, TODAY, ["v1", "v2"])
+        samples = tmp_path / "samples.jsonl"
+        samples.write_text(json.dumps({"id": "s1", "day": TODAY.isoformat(), "prompt": "p",
+                                       "endpoint": "/v1/completions", "answers": {}}) + "\n")
+        (tmp_path / "labels.json").write_text("[]")
+        ev = subprocess.run([CLI, "evaluate", "--samples", str(samples), "--labels",
+                             str(tmp_path / "labels.json"), "--out", str(tmp_path / "r"),
+                             "--prometheus", prom.url], capture_output=True, text=True)
+    assert ev.returncode == 4, ev.stdout + ev.stderr  # v2 fails half its requests
+    doc = json.loads((tmp_path / "r" / "decision.json").read_text())
+    assert doc["metrics"]["v2"]["source"] == "prometheus"
+    assert any(r.startswith("error rate v2") for r in doc["reasons"])
+    assert got["v1"].source == "prometheus"
+    assert 0 < got["v1"].p95_latency_s < 10 and got["v1"].error_rate == 0
+    assert 0.2 < got["v2"].error_rate < 0.8
+    assert got["v1"].tokens_per_s > 0

@@ -52,7 +52,9 @@ def queries(window_s: int, at: float) -> dict[str, str]:
     return {
         "p95_latency_s": "histogram_quantile(0.95, sum by (version, le) "
                          f"(increase(vllm_request_latency_seconds_bucket{r})))",
-        "error_rate": f'sum by (version) (increase(vllm_requests_total{{status=~"5.."}}{r})) '
+        # `or ... * 0`: a version with no 5xx series at all has an error rate of 0, not none.
+        "error_rate": f'(sum by (version) (increase(vllm_requests_total{{status=~"5.."}}{r})) '
+                      f"or sum by (version) (increase(vllm_requests_total{r})) * 0) "
                       f"/ sum by (version) (increase(vllm_requests_total{r}))",
         "tokens_per_s": f"sum by (version) (increase(vllm_generation_tokens_total{r})) "
                         f"/ sum by (version) (increase(vllm_request_latency_seconds_sum{r}))",
