@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -52,7 +51,7 @@ def add_gateway_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
-    from vllm_canary.gateway.server import run
+    from vllm_canary.gateway.server import main
     from vllm_canary.gateway.settings import GatewaySettings
 
     settings = load_settings(GatewaySettings, vars(args), file=args.config)
@@ -62,7 +61,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
         from vllm_canary.gateway.store import load_routes
 
         load_routes(settings.routes)  # a bad file is a one-line error before anything listens
-    return asyncio.run(run(settings))
+    return main(settings)
 
 
 def _admin_flags(p: argparse.ArgumentParser) -> None:

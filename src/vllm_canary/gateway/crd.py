@@ -58,7 +58,8 @@ def strict(schema: Any, under_spec: bool = False) -> Any:
 def validators(path: Path) -> dict[tuple[str, str], Draft4Validator]:
     """(apiVersion, kind) -> strict validator, for VirtualService and DestinationRule."""
     found: dict[tuple[str, str], Draft4Validator] = {}
-    for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on 18k lines
+    for doc in yaml.load_all(path.read_text(encoding="utf-8"), Loader=loader):
         if not doc or doc.get("spec", {}).get("names", {}).get("kind") not in KINDS:
             continue
         kind, group = doc["spec"]["names"]["kind"], doc["spec"]["group"]

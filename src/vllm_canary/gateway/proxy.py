@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 import uuid
@@ -178,7 +179,8 @@ class Proxy:
         xff = headers.get("x-forwarded-for")
         headers["x-forwarded-for"] = f"{xff}, {remote}" if xff else remote
         headers.setdefault("x-forwarded-proto", request.scheme)
-        headers.setdefault("x-request-id", str(uuid.uuid4()))
+        if "x-request-id" not in headers:
+            headers["x-request-id"] = str(uuid.UUID(bytes=os.urandom(16), version=4))
         apply_edit(headers, route.headers.request)
         apply_edit(headers, dest.headers.request)
         self._spawn_mirrors(decision, request, headers, body)

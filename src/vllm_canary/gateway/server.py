@@ -166,3 +166,13 @@ async def run(settings: GatewaySettings) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     return 0
+
+
+def main(settings: GatewaySettings) -> int:
+    """Run on uvloop when installed (about twice asyncio's throughput for a proxy)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run(settings))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run(settings))

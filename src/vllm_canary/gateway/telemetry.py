@@ -9,6 +9,7 @@ as `reporter="destination"` (what the destination workload's sidecar would repor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -88,6 +89,7 @@ class Telemetry:
             "vllm_canary_gateway_mirror_requests",
             "Mirrored (shadow) requests; their answers are discarded and not in istio_*.",
             ("destination_version", "response_code"), registry=registry)
+        self._children: dict[tuple[DestinationLabels, int, str], tuple[Any, ...]] = {}
         self.mirror_dropped = Counter(
             "vllm_canary_gateway_mirror_dropped",
             "Mirror copies not sent because too many were already in flight.", registry=registry)
@@ -95,12 +97,18 @@ class Telemetry:
     def record(self, dest: DestinationLabels, code: int, flags: list[str], duration_s: float,
                request_bytes: int, response_bytes: int) -> None:
         flag_text = ",".join(sorted(set(flags), key=FLAG_ORDER.index)) if flags else "-"
-        values = (
-            "destination", *self.source, dest.workload, dest.namespace, dest.app, dest.version,
-            dest.service, dest.service_name, dest.namespace, dest.app, dest.version, "http",
-            str(code), "", flag_text, "none",
-        )
-        self.requests.labels(*values).inc()
-        self.duration.labels(*values).observe(duration_s * 1000.0)
-        self.request_bytes.labels(*values).observe(request_bytes)
-        self.response_bytes.labels(*values).observe(response_bytes)
+        key = (dest, code, flag_text)
+        children = self._children.get(key)
+        if children is None:  # label sets are few; resolving them is most of the cost
+            values = (
+                "destination", *self.source, dest.workload, dest.namespace, dest.app,
+                dest.version, dest.service, dest.service_name, dest.namespace, dest.app,
+                dest.version, "http", str(code), "", flag_text, "none",
+            )
+            children = self._children[key] = (
+                self.requests.labels(*values), self.duration.labels(*values),
+                self.request_bytes.labels(*values), self.response_bytes.labels(*values))
+        children[0].inc()
+        children[1].observe(duration_s * 1000.0)
+        children[2].observe(request_bytes)
+        children[3].observe(response_bytes)
