@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 
@@ -50,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     flags["vllm_args"] = extra or None
     settings = load_settings(ServeSettings, flags, file=args.config)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    from vllm_canary.aio import run as run_loop
     from vllm_canary.server.run import serve
 
-    return asyncio.run(serve(settings))
+    return run_loop(serve(settings))

@@ -10,7 +10,9 @@ a bad canary on purpose.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import itertools
 import random
 import re
 from collections.abc import AsyncIterator
@@ -82,25 +84,33 @@ class SimEngine:
         noise = self._rng.uniform(-0.03, 0.03)
         return min(1.0, max(0.0, 0.05 + 0.95 * busy + noise))
 
-    def text_tokens(self, request: GenerationRequest, index: int) -> list[str]:
-        """The full deterministic answer for one choice, as tokens (before max_tokens)."""
+    def text_tokens(self, request: GenerationRequest, index: int) -> tuple[list[str], int]:
+        """One choice's deterministic answer, cut at max_tokens, and its natural length
+        (longer than max_tokens means the choice finishes with "length")."""
         key = f"{self.version}|{request.prompt}|{request.seed}|{request.temperature}|{index}"
         rng = random.Random(hashlib.sha256(key.encode()).digest())
-        flat = 1.0 / max(request.temperature, 0.05)
-        weights = [(1.0 / (rank + 1)) ** min(flat, 4.0) for rank in range(len(self._vocab))]
-        length = rng.randint(12, 96)
+        natural = rng.randint(12, 96)
+        count = min(natural, request.max_tokens)
+        words = rng.choices(self._vocab, cum_weights=self._cum_weights(request.temperature),
+                            k=count)
         tokens: list[str] = []
-        sentence = 0
-        for i in range(length):
-            word = rng.choices(self._vocab, weights)[0]
-            if sentence == 0:
-                word = word.capitalize()
-            sentence += 1
-            end = sentence >= rng.randint(6, 14) or i == length - 1
-            tokens.append((" " if i else "") + word + ("." if end else ""))
+        until_period = rng.randint(6, 14)
+        for i, word in enumerate(words):
+            start = i == 0 or tokens[-1].endswith(".")
+            until_period -= 1
+            end = until_period == 0 or i == natural - 1
             if end:
-                sentence = 0
-        return tokens
+                until_period = rng.randint(6, 14)
+            text = word.capitalize() if start else word
+            tokens.append((" " if i else "") + text + ("." if end else ""))
+        return tokens, natural
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - a handful of temperatures per engine
+    def _cum_weights(self, temperature: float) -> list[float]:
+        """Zipf-like word weights; a higher temperature flattens them, as sampling would."""
+        sharpness = min(1.0 / max(temperature, 0.05), 4.0)
+        weights = [(1.0 / (rank + 1)) ** sharpness for rank in range(len(self._vocab))]
+        return list(itertools.accumulate(weights))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         prompt_tokens = count_tokens(request.prompt)
@@ -117,8 +127,8 @@ class SimEngine:
         p = self.profile
         if p.error_rate and self._rng.random() < p.error_rate:
             raise EngineError(500, f"simulated engine failure (error rate {p.error_rate:g})")
-        full = [self.text_tokens(request, i) for i in range(request.n)]
-        choices = [tokens[: request.max_tokens] for tokens in full]
+        answers = [self.text_tokens(request, i) for i in range(request.n)]
+        choices = [tokens for tokens, _ in answers]
         noise = self._rng.lognormvariate(0.0, p.jitter) if p.jitter else 1.0
         self.running += 1
         try:
@@ -140,7 +150,7 @@ class SimEngine:
                     if stop_at is not None:
                         delta, finish = (texts[i] + delta)[:stop_at][len(texts[i]):], "stop"
                     elif step == len(tokens) - 1:
-                        finish = "length" if len(tokens) < len(full[i]) else "stop"
+                        finish = "length" if len(tokens) < answers[i][1] else "stop"
                     texts[i] += delta
                     produced += 1
                     done[i] = finish is not None
