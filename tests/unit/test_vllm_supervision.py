@@ -139,6 +139,12 @@ async def test_a_folder_without_a_model_is_a_user_error(tmp_path: Path) -> None:
         await engine.start()
 
 
+def test_a_hub_name_is_passed_to_vllm_as_is() -> None:
+    engine = VllmEngine(model_dir="Qwen/Qwen2.5-0.5B-Instruct", python=sys.executable)
+    assert engine.model_name == "Qwen2.5-0.5B-Instruct"
+    assert engine.argv()[3:5] == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]
+
+
 def _get_json(url: str) -> Any:
     import urllib.request
 

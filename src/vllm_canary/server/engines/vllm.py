@@ -65,6 +65,12 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
     return value
 
 
+def _looks_local(model: str) -> bool:
+    """A folder path rather than a model-hub name like `org/model` (which vLLM resolves itself,
+    where a hub is reachable)."""
+    return Path(model).exists() or model.startswith(("/", "./", "../", "~")) or model in (".", "..")
+
+
 class VllmEngine:
     """Start, supervise and front one vLLM OpenAI server child process."""
 
@@ -86,7 +92,7 @@ class VllmEngine:
         timeout: float = 600.0,
         max_connections: int = 1000,
     ) -> None:
-        self.model_dir = Path(model_dir)
+        self.model_dir = Path(model_dir)  # a local folder, or a hub name passed on to vLLM
         self.model_name = model_name or self.model_dir.name
         self.python = python or default_python()
         self.extra_args = list(extra_args)
@@ -137,7 +143,7 @@ class VllmEngine:
         background (vLLM takes ~25 s or more to load)."""
         if self.proc is not None:
             return
-        if not (self.model_dir / "config.json").is_file():
+        if _looks_local(str(self.model_dir)) and not (self.model_dir / "config.json").is_file():
             raise UserError(
                 f"{self.model_dir} is not a model folder (no config.json): pass --model DIR; "
                 "scripts/setup.d/20-vllm.sh builds tiny ones under ~/.cache/vllm-canary/models"
