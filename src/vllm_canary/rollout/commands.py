@@ -236,13 +236,14 @@ def _analyze(args: argparse.Namespace) -> int:
     from vllm_canary.rollout.serve import AnalysisService
     from vllm_canary.rollout.strategy import AnalysisSpec, load_strategy
 
-    spec = load_strategy(args.strategy).analysis if args.strategy else AnalysisSpec()
-    target = target_from_args(args)
-    source = build_source(target)
+    strategy = load_strategy(args.strategy) if args.strategy else None
+    spec = strategy.analysis if strategy else AnalysisSpec()
+    stable, canary = (strategy.stable, strategy.canary) if strategy else ("v1", "v2")
+    source = build_source(target_from_args(args, actuator_needed=False))
     query = source.query_value if isinstance(source, PrometheusSource) else None
 
     def factory() -> Analyzer:
-        return Analyzer(spec, "v1", "v2", query)
+        return Analyzer(spec, stable, canary, query)
 
     service = AnalysisService(factory, source, spec.interval)
     if args.serve:
@@ -259,6 +260,8 @@ def _analyze(args: argparse.Namespace) -> int:
             break
         time.sleep(min(spec.interval, max(0.0, deadline - time.monotonic())))
     results = service.analyzer.results()
+    if service.error:
+        print(service.error, file=sys.stderr)
     for r in results:
         print(f"{r.metric:<12} {r.verdict.value:<12} p={r.p_value:.3g}  {r.reason}")
     verdict = combine(results)

@@ -28,10 +28,12 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
                         "(default: the local stack's)")
 
 
-def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def target_from_args(args: argparse.Namespace, actuator_needed: bool = True) -> dict[str, Any]:
     """A plain dict describing actuator + metric source (persisted with the rollout)."""
     stack = stackstate.load()
-    if args.target == "kubernetes":
+    if not actuator_needed:
+        actuator: dict[str, Any] = {"kind": "none"}
+    elif args.target == "kubernetes":
         actuator = {"kind": "kubernetes", "namespace": args.namespace,
                     "name": args.virtualservice, "context": args.context}
     else:
