@@ -90,6 +90,24 @@ async def test_client_disconnect_cancels_the_upstream(start_gateway: StartGatewa
     assert sample(gw, "istio_requests_total", response_flags="DC") == 1
 
 
+async def test_upstream_dying_mid_stream_truncates_the_answer(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway()
+    upstreams["v2"].break_after = 2
+    body = json.dumps({"prompt": "hi", "stream": True})
+    async with aiohttp.ClientSession() as s, s.post(
+        gw.url() + "/v1/completions", data=body, headers={"x-ab-test": "v2"}
+    ) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # no clean end of stream: the client knows it is incomplete
+    for _ in range(50):
+        if sample(gw, "istio_requests_total", response_flags="UC"):
+            break
+        await asyncio.sleep(0.05)
+    assert sample(gw, "istio_requests_total", response_code="200", response_flags="UC") == 1
+
+
 async def test_mirror_copies_reach_the_target(start_gateway: StartGateway,
                                               upstreams: dict[str, FakeUpstream]) -> None:
     gw = await start_gateway(vs_yaml(f"""    - route: [{to('v1')}]

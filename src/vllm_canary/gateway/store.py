@@ -27,10 +27,11 @@ def default_routes_path() -> Path:
 def load_routes(path: Path) -> tuple[IstioObjects, RouteTable]:
     """Read, check against the Istio CRD schema (when available) and compile a routes file."""
     objs = load_file(path)
+    table = compile_table(objs)  # first: its messages name the exact field
     schema = crd.find_crds()
     if schema is not None:
         crd.validate(objs, schema)
-    return objs, compile_table(objs)
+    return objs, table
 
 
 class WeightError(ValueError):
