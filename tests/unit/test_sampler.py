@@ -147,3 +147,4 @@ def test_one_million_lines_bounded_memory(tmp_path: Path) -> None:
     assert result["picked"] == result["distinct"] == 100
     assert result["lines"] == 1_000_001 and result["invalid"] == 1
     assert result["rss_mb"] < 150
+

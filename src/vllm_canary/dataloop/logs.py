@@ -7,7 +7,6 @@ user's hand-edited file must not stop the daily sample.
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from vllm_canary.errors import UserError
+
+try:  # parsing is most of the time on a big day: orjson is ~4x faster than json
+    from orjson import loads
+except ImportError:  # pragma: no cover - orjson is a dependency; json still works
+    from json import loads
 
 _NAME = re.compile(r"^requests-(\d{8})-.+\.jsonl(\.gz)?$")
 
@@ -48,23 +52,29 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def read_records(paths: list[Path], stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """Yield each valid JSON object of the files in order; count and skip the rest."""
+def read_lines(paths: list[Path], stats: ReadStats) -> Iterator[bytes]:
+    """Yield the raw lines of the files in order, counting files and lines."""
     for path in paths:
         stats.files += 1
         with _open(path) as fh:
             try:
                 for raw in fh:
                     stats.lines += 1
-                    try:
-                        rec = json.loads(raw)
-                    except ValueError:
-                        stats.invalid += 1
-                        continue
-                    if isinstance(rec, dict):
-                        yield rec
-                    else:
-                        stats.invalid += 1
+                    yield raw
             except (EOFError, gzip.BadGzipFile, OSError):
                 # A truncated gzip member (rotation interrupted): keep what was readable.
                 stats.invalid += 1
+
+
+def read_records(paths: list[Path], stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """Yield each valid JSON object of the files in order; count and skip the rest."""
+    for raw in read_lines(paths, stats):
+        try:
+            rec = loads(raw)
+        except ValueError:  # orjson.JSONDecodeError is a ValueError too
+            stats.invalid += 1
+            continue
+        if isinstance(rec, dict):
+            yield rec
+        else:
+            stats.invalid += 1

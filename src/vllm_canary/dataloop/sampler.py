@@ -8,6 +8,7 @@ and a larger N gives a superset of a smaller one, so re-running with more keeps 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -23,6 +24,7 @@ from vllm_canary.dataloop.logs import ReadStats
 _SPACE = re.compile(r"\s+")
 
 
+@functools.lru_cache(maxsize=65536)  # real traffic repeats prompts; bounded memory
 def normalise(text: str) -> str:
     """Case-, width- and whitespace-insensitive form of a prompt, for deduplication."""
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
@@ -50,9 +52,16 @@ def sample_id(day: date, key: str) -> str:
     return hashlib.sha256(f"{day:%Y%m%d}\n{key}".encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=16)
+def _keyed_hash(seed: int) -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=8, key=str(seed).encode())
+
+
 def priority(seed: int, key: str) -> int:
-    digest = hashlib.blake2b(key.encode(), digest_size=8, key=str(seed).encode()).digest()
-    return int.from_bytes(digest, "big")
+    """A uniform 64-bit priority per (seed, key): keyed BLAKE2b, so it is stable across runs."""
+    h = _keyed_hash(seed).copy()
+    h.update(key.encode())
+    return int.from_bytes(h.digest(), "big")
 
 
 def exclusion(rec: dict[str, Any]) -> str | None:
@@ -76,28 +85,52 @@ class Picked:
     record: dict[str, Any]
 
 
-def select(records: Iterable[dict[str, Any]], n: int, seed: int, stats: ReadStats) -> list[Picked]:
-    """The n distinct prompts with the lowest keyed-hash priority, lowest first."""
-    heap: list[tuple[int, str]] = []  # max-heap via negated priority
-    kept: dict[str, Picked] = {}
-    for rec in records:
+class BottomK:
+    """The n lowest-priority distinct keys seen so far, with the record of each."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._heap: list[tuple[int, str]] = []  # max-heap via negated priority
+        self.kept: dict[str, Picked] = {}
+
+    def wants(self, key: str) -> int | None:
+        """The key's priority if it would enter the sample now, else None."""
+        if key in self.kept:
+            return None
+        prio = priority(self.seed, key)
+        if len(self._heap) < self.n or prio < -self._heap[0][0]:
+            return prio
+        return None
+
+    def add(self, prio: int, key: str, record: dict[str, Any]) -> None:
+        if len(self._heap) < self.n:
+            heapq.heappush(self._heap, (-prio, key))
+        else:
+            _, dropped = heapq.heappushpop(self._heap, (-prio, key))
+            del self.kept[dropped]
+        self.kept[key] = Picked(prio, key, record)
+
+    def offer(self, rec: dict[str, Any], stats: ReadStats) -> None:
+        """Consider one parsed record: excluded (and counted), a duplicate, or a candidate."""
         reason = exclusion(rec)
         key = None if reason else prompt_key(rec)
         if reason or key is None:
             stats.exclude(reason or "empty")
-            continue
-        if key in kept:
-            continue
-        prio = priority(seed, key)
-        if len(heap) < n:
-            heapq.heappush(heap, (-prio, key))
-        elif prio < -heap[0][0]:
-            _, dropped = heapq.heappushpop(heap, (-prio, key))
-            del kept[dropped]
-        else:
-            continue
-        kept[key] = Picked(prio, key, rec)
-    return sorted(kept.values(), key=lambda p: p.priority)
+            return
+        prio = self.wants(key)
+        if prio is not None:
+            self.add(prio, key, rec)
+
+    def picked(self) -> list[Picked]:
+        return sorted(self.kept.values(), key=lambda p: p.priority)
+
+
+def select(records: Iterable[dict[str, Any]], n: int, seed: int, stats: ReadStats) -> list[Picked]:
+    """The n distinct prompts with the lowest keyed-hash priority, lowest first."""
+    bottom = BottomK(n, seed)
+    for rec in records:
+        bottom.offer(rec, stats)
+    return bottom.picked()
 
 
 def request_of(rec: dict[str, Any]) -> dict[str, Any]:
