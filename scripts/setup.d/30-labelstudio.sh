@@ -17,6 +17,6 @@ then
 fi
 mkdir -p "$CACHE"
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q "label-studio>=1.23,<1.24" "label-studio-sdk>=2,<3"
+"$VENV/bin/pip" install -q "label-studio>=1.23,<1.24" "label-studio-sdk>=2,<3" 2>&1 \
+  | { grep -v "^WARNING: Location" || true; }
 echo "label-studio $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("label-studio"))') installed in $VENV"
