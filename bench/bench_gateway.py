@@ -10,7 +10,6 @@ is a minimal keep-alive HTTP/1.1 client on raw asyncio. Writes bench/results/gat
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 import platform
@@ -394,7 +393,6 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     text = report(out)
     (RESULTS / "gateway.md").write_text(text)
-    (RESULTS / "gateway.json").write_text(json.dumps(out, indent=2))
     print(text)
 
 

@@ -211,6 +211,24 @@ async def test_route_timeout_is_504_ut(start_gateway: StartGateway,
     assert sample(gw, "istio_requests_total", response_code="504", response_flags="UT") == 1
 
 
+async def test_route_timeout_cuts_a_long_stream(start_gateway: StartGateway,
+                                                upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(vs_yaml(f"""    - route: [{to('v1')}]
+      timeout: 500ms"""))
+    upstreams["v1"].chunks, upstreams["v1"].chunk_gap = 100, 0.1
+    async with aiohttp.ClientSession() as s, s.post(
+        gw.url() + "/v1/completions", data=json.dumps({"stream": True})
+    ) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    for _ in range(50):
+        if sample(gw, "istio_requests_total", response_flags="UT"):
+            break
+        await asyncio.sleep(0.05)
+    assert sample(gw, "istio_requests_total", response_code="200", response_flags="UT") == 1
+
+
 async def test_per_try_timeout_retries_elsewhere(start_gateway: StartGateway,
                                                  upstreams: dict[str, FakeUpstream]) -> None:
     slow, fast = upstreams["v1"], upstreams["v2"]

@@ -107,6 +107,7 @@ class Exchange:
     status: int = 0
     flags: list[str] = field(default_factory=list)
     dest: DestinationLabels = UNKNOWN
+    out: web.StreamResponse | None = None  # set once an answer started streaming
 
 
 class Proxy:
@@ -188,11 +189,11 @@ class Proxy:
             async with asyncio.timeout(route.timeout):
                 return await self._forward(request, ex, route, dest, headers, body)
         except TimeoutError:
-            if ex.status and "UT" not in ex.flags:  # answer already streaming: cut it off
+            if ex.out is not None and ex.out.prepared:  # answer already streaming: cut it off
                 ex.flags.append("UT")
                 if request.transport is not None:
                     request.transport.close()
-                return web.Response(status=ex.status)
+                return ex.out
             return self._local(ex, 504, "UT", "upstream request timeout")
 
     def _labels(self, dest: Destination, ep: Endpoint | None) -> DestinationLabels:
@@ -281,7 +282,7 @@ class Proxy:
             ex.response_bytes = len(small)
             resp.release()
             return web.Response(status=resp.status, body=small, headers=headers)
-        out = web.StreamResponse(status=resp.status, headers=headers)
+        out = ex.out = web.StreamResponse(status=resp.status, headers=headers)
         if resp.content_length is not None:
             out.content_length = resp.content_length
         try:
