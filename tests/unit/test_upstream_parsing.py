@@ -199,6 +199,8 @@ class FakeUpstream:
                 raise
             return resp
         await send(chunk("Hello"))
+        if self.mode == "stall":
+            await asyncio.sleep(5)
         if self.mode == "midstream-error":
             await send(CONTEXT_400)
             return resp
@@ -298,6 +300,20 @@ async def test_silent_upstream_is_a_504(fake: Any) -> None:
     finally:
         await eng.close()
     assert info.value.status == 504 and fake.url in info.value.message
+
+
+async def test_upstream_stalling_mid_stream_is_a_504(fake: Any) -> None:
+    fake.mode = "stall"
+    eng = UpstreamEngine(fake.url, timeout=0.2, health_interval=60)
+    events: list[Any] = []
+    try:
+        with pytest.raises(EngineError) as info:
+            async for event in eng.generate(completion()):
+                events.append(event)
+    finally:
+        await eng.close()
+    assert events == [Delta(0, "Hello")]
+    assert info.value.status == 504 and "timed out" in info.value.message
 
 
 async def test_closing_the_iterator_closes_the_upstream_response(engine: Any, fake: Any) -> None:
