@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,24 @@ def wait_for(state: Path, ok, timeout: float = 90.0) -> dict:
             return data
         time.sleep(0.2)
     pytest.fail(f"rollout state never reached the expected point: {data}")
+
+
+def test_on_vllm_canary_up_with_no_target_flags(tmp_path: Path, up_factory) -> None:
+    """`make up` then `rollout start --strategy rollout.yaml`: the stack's own state file
+    gives the admin API and the metrics (its Prometheus when one runs)."""
+    env, st = up_factory("--v2-error-rate", "0.05")
+    strategy = tmp_path / "rollout.yaml"
+    strategy.write_text(STRATEGY)
+    with LoadGen(st.gateway_url):
+        proc = subprocess.Popen(
+            cli("rollout", "start", "--strategy", str(strategy), "--state",
+                str(tmp_path / "state.json")),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        code, out = finish(proc)
+    assert code == 4, out
+    source = "Prometheus" if st.prometheus_url else "direct scrape"
+    assert source in out.splitlines()[0]
+    req = urllib.request.Request(st.admin_url + "/routes",
+                                 headers={"Authorization": f"Bearer {st.admin_token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert json.load(resp)["weights"] == {"v1": 100, "v2": 0}
