@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
-import json
-import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,13 +19,12 @@ from typing import Any
 
 from vllm_canary.dataloop.logs import ReadStats
 
-_SPACE = re.compile(r"\s+")
 
-
-@functools.lru_cache(maxsize=65536)  # real traffic repeats prompts; bounded memory
 def normalise(text: str) -> str:
     """Case-, width- and whitespace-insensitive form of a prompt, for deduplication."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+    if not text.isascii():  # NFKC is the identity on ASCII, and the costly step
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split()).casefold()
 
 
 def prompt_key(rec: dict[str, Any]) -> str | None:
@@ -142,6 +139,3 @@ def request_of(rec: dict[str, Any]) -> dict[str, Any]:
     return {"endpoint": "/v1/chat/completions" if chat else "/v1/completions",
             "params": params, **body}
 
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False)
