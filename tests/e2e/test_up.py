@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -92,8 +93,11 @@ def completion(url: str, headers: dict[str, str] | None = None) -> tuple[int, st
     """What the seed's curl does: POST without a content-type header."""
     req = urllib.request.Request(url + "/v1/completions", data=SEED_BODY, headers=headers or {})
     req.remove_header("Content-type")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return resp.status, resp.headers["x-model-version"], json.load(resp)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers["x-model-version"], json.load(resp)
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"HTTP {exc.code}: {exc.read()[:300]!r}") from None
 
 
 @pytest.fixture(scope="module")

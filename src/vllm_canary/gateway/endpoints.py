@@ -35,6 +35,7 @@ class Endpoint:
     consecutive_5xx: int = 0
     consecutive_gateway: int = 0
     in_flight: int = 0
+    failed_checks: int = 0
     last_error: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -143,23 +144,27 @@ class Endpoints:
         ep.consecutive_5xx = ep.consecutive_gateway = 0
 
     async def health_loop(self, session: aiohttp.ClientSession, path: str, interval: float,
-                          timeout: float = 1.0,
+                          timeout: float = 2.0, unhealthy_threshold: int = 3,
                           on_change: Callable[[Endpoint], Any] | None = None) -> None:
-        """Active health checks: GET url+path every `interval`; 2xx is healthy."""
+        """Active health checks: GET url+path every `interval`; 2xx is healthy. Like Envoy's
+        `unhealthy_threshold`, one slow answer on a busy machine does not eject a pod."""
         while True:
-            await asyncio.gather(*(self._check(session, e, path, timeout, on_change)
-                                   for e in self.all))
+            await asyncio.gather(*(self._check(session, e, path, timeout, unhealthy_threshold,
+                                               on_change) for e in self.all))
             await asyncio.sleep(interval)
 
     async def _check(self, session: aiohttp.ClientSession, ep: Endpoint, path: str,
-                     timeout: float, on_change: Callable[[Endpoint], Any] | None) -> None:
+                     timeout: float, threshold: int,
+                     on_change: Callable[[Endpoint], Any] | None) -> None:
         try:
             async with session.get(ep.url + path,
                                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                healthy = 200 <= resp.status < 300
-                ep.last_error = "" if healthy else f"health check answered {resp.status}"
+                ok = 200 <= resp.status < 300
+                ep.last_error = "" if ok else f"health check answered {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            healthy, ep.last_error = False, f"health check failed: {exc.__class__.__name__}"
+            ok, ep.last_error = False, f"health check failed: {exc.__class__.__name__}"
+        ep.failed_checks = 0 if ok else ep.failed_checks + 1
+        healthy = ok or (ep.healthy and ep.failed_checks < threshold)
         if healthy != ep.healthy:
             ep.healthy = healthy
             if on_change is not None:
