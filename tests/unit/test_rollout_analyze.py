@@ -56,6 +56,7 @@ def test_quality_reads_the_latest_decision(tmp_path: Path) -> None:
             json.dumps({"decision": decision, "reasons": ["v2 rated lower"]}))
     r = quality_result(tmp_path)
     assert r.verdict is Verdict.FAIL and "20260102" in r.reason and "rated lower" in r.reason
+    assert quality_result(tmp_path / "20260101").verdict is Verdict.PASS
 
 
 def test_custom_promql_metric_compares_canary_with_baseline() -> None:

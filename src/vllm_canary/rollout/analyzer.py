@@ -147,8 +147,10 @@ class Analyzer:
 
 
 def quality_result(reports: Path) -> MetricResult:
-    """The data loop's latest decision: rollback fails, promote passes, continue waits."""
-    days = sorted(p for p in reports.glob("*/decision.json")) if reports.is_dir() else []
+    """The data loop's latest decision: rollback fails, promote passes, continue waits.
+    `reports` is the folder of per-day report folders, or one report folder itself."""
+    found = list(reports.glob("*/decision.json")) + list(reports.glob("decision.json"))
+    days = sorted(found, key=lambda p: (p.stat().st_mtime, str(p)))
     if not days:
         return MetricResult("quality", Verdict.INCONCLUSIVE, reason=f"no decision under {reports}")
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -120,15 +121,25 @@ def _follow(ctl: Any, args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=ctl.registry)
-    last = [""]
+    last: list[Any] = ["", None]
+    tty = sys.stdout.isatty()
 
     def show(state: RolloutState) -> None:
         line = _line(state)
-        if line[11:] != last[0]:
+        if tty:  # one line rewritten in place; a new line when the phase or step changes
+            key = (state.phase, state.step)
+            if last[1] is not None and key != last[1]:
+                print()
+            last[1] = key
+            width = shutil.get_terminal_size().columns - 1
+            print("\r\x1b[2K" + line[:width], end="", flush=True)
+        elif line[11:] != last[0]:
             print(line, flush=True)
             last[0] = line[11:]
 
     phase = ctl.run(on_tick=show)
+    if tty:
+        print()
     if phase is Phase.PROMOTED:
         print(f"promoted: all traffic on {ctl.strategy.canary}")
         return EXIT_PROMOTED
