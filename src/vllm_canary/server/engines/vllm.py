@@ -92,7 +92,8 @@ class VllmEngine:
         timeout: float = 600.0,
         max_connections: int = 1000,
     ) -> None:
-        self.model_dir = Path(model_dir)  # a local folder, or a hub name passed on to vLLM
+        # A local folder, or a hub name passed on to vLLM as it is.
+        self.model_dir = Path(model_dir).expanduser()
         self.model_name = model_name or self.model_dir.name
         self.python = python or default_python()
         self.extra_args = list(extra_args)
@@ -165,6 +166,9 @@ class VllmEngine:
             model_name=self.model_name,
             timeout=self.timeout,
             max_connections=self.max_connections,
+            # The supervisor already watches the process; probes only catch a hung server,
+            # and each one is a line in vLLM's access log.
+            health_interval=5.0,
         )
         self._supervisor = asyncio.create_task(self._supervise(), name="vllm-supervisor")
 
