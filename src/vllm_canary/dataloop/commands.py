@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     rule = Rule(margin=args.margin, win_margin=args.win_margin, min_pairs=args.min_pairs,
                 latency_budget=args.latency_budget, error_budget=args.error_budget)
-    ev, decision, _ = run_evaluate(args.samples, args.labels, args.out, rule,
+    ev, decision, doc = run_evaluate(args.samples, args.labels, args.out, rule,
                                    prometheus=args.prometheus, baseline=args.baseline,
                                    candidate=args.candidate)
     for reason in ev.refused[:20]:
@@ -132,6 +132,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  - {reason}")
     print(f"wrote {args.out / 'report.csv'}, {args.out / 'decision.json'}, "
           f"{args.out / 'report.html'}")
+    if args.mlflow:
+        from vllm_canary.dataloop import tracking
+
+        run_id = tracking.log_run(args.mlflow, args.mlflow_experiment, doc, args.out)
+        print(f"MLflow run {run_id} in experiment {args.mlflow_experiment!r}")
     return decision.exit_code
 
 
@@ -198,6 +203,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allowed p95 latency increase, fraction (default 0.2)")
     p.add_argument("--error-budget", type=float, default=0.02,
                    help="allowed error-rate increase, absolute (default 0.02)")
+    p.add_argument("--mlflow", metavar="TRACKING_URI",
+                   help="also log the evaluation as an MLflow run (needs the mlflow extra)")
+    p.add_argument("--mlflow-experiment", default="vllm-canary-quality")
     p.set_defaults(handler=cmd_evaluate)
 
     loop = sub.add_parser("loop", help="scheduled data-loop jobs")
