@@ -65,7 +65,8 @@ def plots(ev: Evaluation) -> dict[str, str]:
         fig = Figure(figsize=(6, 3.2))
         ax = fig.add_subplot()
         data = [latencies.get(n) or [math.nan] for n in names]
-        ax.boxplot(data, tick_labels=names, showfliers=True)
+        ax.boxplot(data, showfliers=True)
+        ax.set_xticks(range(1, len(names) + 1), names)  # `tick_labels=` needs matplotlib ≥ 3.9
         ax.set_ylabel("answer latency in the sample (s)")
         out["Latency of the sampled answers"] = _png(fig)
     return out
