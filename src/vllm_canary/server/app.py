@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,8 @@ class ModelServer:
 
     def __init__(self, settings: ServeSettings, engine: Engine, *,
                  registry: CollectorRegistry | None = None,
-                 request_log: RequestLog | None = None) -> None:
+                 request_log: RequestLog | None = None,
+                 utilization: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.version = settings.version
@@ -83,6 +84,8 @@ class ModelServer:
         self.model = settings.served_model_name()
         self.metrics: ServerMetrics | None = None
         self.draining = False
+        # The simulator reports its own utilization; real engines get NVML's (or none).
+        self.utilization = getattr(engine, "utilization", None) or utilization
 
     async def start(self) -> None:
         await self.engine.start()
@@ -172,9 +175,8 @@ class ModelServer:
         metrics.in_flight.inc()
         try:
             gen, stream, include_usage = await self._parse(request, kind, request_id)
-            utilization = getattr(self.engine, "utilization", None)
-            if callable(utilization):
-                metrics.gpu_utilization.observe(utilization())
+            if self.utilization is not None:
+                metrics.gpu_utilization.observe(self.utilization())
             if stream:
                 return await self._stream(request, gen, trace, response_id, include_usage)
             return await self._complete(gen, trace, response_id)

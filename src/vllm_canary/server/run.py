@@ -13,6 +13,7 @@ from aiohttp import web
 from vllm_canary.errors import UserError
 from vllm_canary.server.app import ModelServer
 from vllm_canary.server.engines import build_engine
+from vllm_canary.server.gpu import nvml_utilization
 from vllm_canary.server.requestlog import RequestLog
 from vllm_canary.server.settings import ServeSettings
 
@@ -34,7 +35,8 @@ async def serve(settings: ServeSettings) -> int:
     if settings.log_dir is not None:
         request_log = RequestLog(settings.log_dir, settings.version, redact=settings.log_redact,
                                  sample_rate=settings.log_sample_rate)
-    server = ModelServer(settings, engine, request_log=request_log)
+    utilization = nvml_utilization() if settings.engine != "sim" else None
+    server = ModelServer(settings, engine, request_log=request_log, utilization=utilization)
     runners: list[web.AppRunner] = []
     try:
         await server.start()

@@ -32,6 +32,7 @@ def _vllm(s: ServeSettings) -> Engine:
     return VllmEngine(
         model_dir=s.model, model_name=s.served_model_name(), python=s.vllm_python,
         extra_args=s.vllm_args, startup_timeout=s.startup_timeout,
+        log_file=s.log_dir / f"vllm-{s.version}.log" if s.log_dir else None,
     )
 
 
