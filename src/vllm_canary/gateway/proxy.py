@@ -13,6 +13,7 @@ import json
 import os
 import random
 import time
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from vllm_canary.gateway.endpoints import Endpoint, Endpoints
+from vllm_canary.gateway.h1client import ConnectFailure, Pool, Response, UpstreamError
 from vllm_canary.gateway.routing import (
     Decision,
     Destination,
@@ -115,7 +117,8 @@ class Proxy:
 
     def __init__(self, store: RouteStore, endpoints: Endpoints, telemetry: Telemetry,
                  session: aiohttp.ClientSession, rng: random.Random | None = None,
-                 max_mirrors_in_flight: int = 256) -> None:
+                 max_mirrors_in_flight: int = 256, connect_timeout: float = 10.0,
+                 idle_timeout: float = 300.0) -> None:
         self.store = store
         self.endpoints = endpoints
         self.telemetry = telemetry
@@ -123,6 +126,19 @@ class Proxy:
         self.rng = rng or random.Random()
         self.max_mirrors = max_mirrors_in_flight
         self._mirrors: set[asyncio.Task[None]] = set()
+        self._pools: dict[str, Pool] = {}
+        self.connect_timeout, self.idle_timeout = connect_timeout, idle_timeout
+
+    def _pool(self, ep: Endpoint) -> tuple[Pool, str]:
+        """The keep-alive pool for an endpoint and the path prefix of its URL."""
+        url = urllib.parse.urlsplit(ep.url)
+        pool = self._pools.get(ep.url)
+        if pool is None:
+            tls = url.scheme == "https"
+            pool = self._pools[ep.url] = Pool(
+                url.hostname or "127.0.0.1", url.port or (443 if tls else 80),
+                self.connect_timeout, self.idle_timeout, tls=tls)
+        return pool, url.path.rstrip("/")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex = Exchange(time.monotonic())
@@ -242,16 +258,18 @@ class Proxy:
 
     async def _attempt(self, ep: Endpoint, request: web.Request, headers: CIMultiDict[str],
                        body: bytes, per_try: float | None
-                       ) -> tuple[aiohttp.ClientResponse, bytes | None] | Failure:
+                       ) -> tuple[Response, bytes | None] | Failure:
         """One try: the response (with its body when small) or the Failure that ended it."""
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         done = False
         ep.in_flight += 1
         try:
             async with asyncio.timeout(per_try):
-                resp = await self.session.request(
-                    request.method, ep.url + request.path_qs, headers=headers,
-                    data=body or None, allow_redirects=False)
+                pool, prefix = self._pool(ep)
+                if "host" not in headers:
+                    headers["Host"] = f"{pool.host}:{pool.port}"
+                resp = await pool.request(request.method, prefix + request.path_qs, headers,
+                                          body)
                 small = None
                 length = resp.content_length
                 if length is not None and length <= SMALL_BODY and \
@@ -261,9 +279,9 @@ class Proxy:
                 return resp, small
         except TimeoutError:
             return Failure("UT", 504, "upstream request timeout", PER_TRY_TIMEOUT)
-        except aiohttp.ClientConnectorError:
+        except ConnectFailure:
             return Failure("UF", 503, RESET_MSG + "connection failure", CONNECT_FAILURE)
-        except (aiohttp.ClientError, OSError):
+        except (UpstreamError, OSError, ValueError):
             return Failure("UC", 503, RESET_MSG + "connection termination", RESET)
         finally:
             ep.in_flight -= 1
@@ -271,7 +289,7 @@ class Proxy:
                 resp.close()
 
     async def _respond(self, request: web.Request, ex: Exchange, route: HttpRoute,
-                       dest: Destination, resp: aiohttp.ClientResponse,
+                       dest: Destination, resp: Response,
                        small: bytes | None) -> web.StreamResponse:
         headers = forwardable(resp.headers, resp.headers.get("connection", ""))
         apply_edit(headers, route.headers.response)
@@ -287,13 +305,12 @@ class Proxy:
             out.content_length = resp.content_length
         try:
             await out.prepare(request)
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_chunks():
                 ex.response_bytes += len(chunk)
                 await out.write(chunk)
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             resp.close()
-            downstream = isinstance(exc, ConnectionResetError | BrokenPipeError)
-            ex.flags.append("DC" if downstream else "UC")
+            ex.flags.append("UC" if isinstance(exc, UpstreamError) else "DC")
             if request.transport is not None:
                 request.transport.close()  # the client sees a truncated answer, not a clean end
             return out
@@ -338,6 +355,8 @@ class Proxy:
         self.telemetry.mirrored.labels(version, str(code)).inc()
 
     async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
         for task in list(self._mirrors):
             task.cancel()
         await asyncio.gather(*self._mirrors, return_exceptions=True)

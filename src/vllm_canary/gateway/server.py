@@ -103,7 +103,8 @@ class Gateway:
                                           sock_read=s.idle_timeout),
         )
         rng = random.Random(s.seed) if s.seed is not None else random.Random()
-        self.proxy = Proxy(self.store, self.endpoints, self.telemetry, self.session, rng)
+        self.proxy = Proxy(self.store, self.endpoints, self.telemetry, self.session, rng,
+                           connect_timeout=s.connect_timeout, idle_timeout=s.idle_timeout)
         for ep in self.endpoints.all:
             self.telemetry.upstream_healthy.labels(ep.url, ep.workload, ep.version).set(1)
         try:

@@ -1,0 +1,103 @@
+"""The proxy's HTTP/1.1 client against a raw loopback server that sends crafted answers,
+including answers dribbled one byte at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from vllm_canary import procs
+from vllm_canary.gateway.h1client import ConnectFailure, Pool, Reset
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[list[bytes], bool], Awaitable[int]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answers: list[bytes], dribble: bool = False) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for answer in answers:
+                await reader.readuntil(b"\r\n\r\n")
+                if dribble:
+                    for i in range(len(answer)):
+                        writer.write(answer[i:i + 1])
+                        await writer.drain()
+                else:
+                    writer.write(answer)
+                if answer.endswith(b"CLOSE"):
+                    break
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+LENGTH = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"
+CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\n")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n" + LENGTH
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
+CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\n\r\nuntil the end CLOSE"
+
+
+@pytest.mark.parametrize("dribble", [False, True])
+async def test_framing_and_keep_alive(raw_server, dribble: bool) -> None:  # type: ignore[no-untyped-def]
+    port = await raw_server([LENGTH, CHUNKED, CONTINUE, NO_CONTENT, CLOSE_DELIMITED], dribble)
+    pool = Pool("127.0.0.1", port)
+    expected = [b"hello", b"hello, world", b"hello", b"", b"until the end CLOSE"]
+    for i, body in enumerate(expected):
+        resp = await pool.request("POST", "/x", {"Host": "h"}, b"{}")
+        assert resp.status == (204 if body == b"" else 200)
+        assert await resp.read() == body
+        if i == 0:
+            assert resp.headers.getall("x-a") == ["1", "2"] and resp.content_length == 5
+        resp.release()
+        if i < 4:
+            assert len(pool.idle) == 1  # the one connection went back to the pool
+    assert not pool.idle  # a close-delimited answer cannot be followed by another
+    pool.close()
+
+
+async def test_chunks_are_handed_over_as_they_arrive(raw_server) -> None:  # type: ignore[no-untyped-def]
+    gate = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata: \r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = Pool("127.0.0.1", server.sockets[0].getsockname()[1])
+    resp = await pool.request("GET", "/", {"Host": "h"}, b"")
+    chunks = resp.iter_chunks()
+    assert await chunks.__anext__() == b"data: "  # before the server finished
+    gate.set()
+    assert [c async for c in chunks] == []
+    resp.release()
+    server.close()
+
+
+async def test_connect_failure_and_reset(raw_server) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConnectFailure):
+        await Pool("127.0.0.1", procs.free_port()).request("GET", "/", {"Host": "h"}, b"")
+    port = await raw_server([b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nshort CLOSE"])
+    resp = await Pool("127.0.0.1", port).request("GET", "/", {"Host": "h"}, b"")
+    with pytest.raises(Reset):
+        await resp.read()
+    port = await raw_server([b"CLOSE"])
+    with pytest.raises(Reset):
+        await Pool("127.0.0.1", port).request("GET", "/", {"Host": "h"}, b"")
