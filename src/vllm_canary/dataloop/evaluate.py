@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +231,10 @@ def run_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "report.csv", csv_rows(ev))
     doc = decision_document(ev, decision, rule)
-    (out_dir / "decision.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    # Atomic: the rollout controller may read decision.json at any moment.
+    tmp = out_dir / ".decision.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "decision.json")
     if html:
         from vllm_canary.dataloop import report
 
