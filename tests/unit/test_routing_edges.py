@@ -14,7 +14,8 @@ from vllm_canary.gateway.commands import parse_weights
 from vllm_canary.gateway.compiler import compile_table
 from vllm_canary.gateway.endpoints import Endpoint, Endpoints, load_endpoints_file, parse_upstream
 from vllm_canary.gateway.istio import load_file
-from vllm_canary.gateway.proxy import apply_edit, retriable_status, shadow_host
+from vllm_canary.gateway.mirror import shadow_host
+from vllm_canary.gateway.proxy import apply_edit, retriable_status
 from vllm_canary.gateway.routing import Destination, HeaderEdit, OutlierDetection, Retries
 from vllm_canary.gateway.status import quantile
 from vllm_canary.gateway.store import default_routes_path

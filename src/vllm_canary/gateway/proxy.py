@@ -24,8 +24,8 @@ from multidict import CIMultiDict
 
 from vllm_canary.gateway.endpoints import Endpoint, Endpoints
 from vllm_canary.gateway.h1client import ConnectFailure, Pool, Response, UpstreamError
+from vllm_canary.gateway.mirror import Mirror
 from vllm_canary.gateway.routing import (
-    Decision,
     Destination,
     HeaderEdit,
     HttpRoute,
@@ -91,14 +91,6 @@ def error_body(status: int, message: str, code: str) -> bytes:
                                  "code": code}}).encode()
 
 
-def shadow_host(authority: str) -> str:
-    """Istio/Envoy mark mirrored requests by suffixing the host with `-shadow`."""
-    host, sep, port = authority.rpartition(":")
-    if sep and port.isdigit():
-        return f"{host}-shadow:{port}"
-    return f"{authority}-shadow"
-
-
 @dataclass
 class Exchange:
     """Per-request bookkeeping for telemetry."""
@@ -124,8 +116,7 @@ class Proxy:
         self.telemetry = telemetry
         self.session = session
         self.rng = rng or random.Random()
-        self.max_mirrors = max_mirrors_in_flight
-        self._mirrors: set[asyncio.Task[None]] = set()
+        self.mirror = Mirror(store, endpoints, telemetry, session, max_mirrors_in_flight)
         self._pools: dict[str, Pool] = {}
         self.connect_timeout, self.idle_timeout = connect_timeout, idle_timeout
 
@@ -200,7 +191,8 @@ class Proxy:
             headers["x-request-id"] = str(uuid.UUID(bytes=os.urandom(16), version=4))
         apply_edit(headers, route.headers.request)
         apply_edit(headers, dest.headers.request)
-        self._spawn_mirrors(decision, request, headers, body)
+        for shadow in decision.mirrors:
+            self.mirror.send(shadow, request, headers, body)
         try:
             async with asyncio.timeout(route.timeout):
                 return await self._forward(request, ex, route, dest, headers, body)
@@ -321,42 +313,7 @@ class Proxy:
         await out.write_eof()
         return out
 
-    def _spawn_mirrors(self, decision: Decision, request: web.Request,
-                       headers: CIMultiDict[str], body: bytes) -> None:
-        for dest in decision.mirrors:
-            if len(self._mirrors) >= self.max_mirrors:
-                self.telemetry.mirror_dropped.inc()
-                continue
-            shadow = CIMultiDict(headers)
-            shadow["host"] = shadow_host(request.host)
-            task = asyncio.create_task(self._mirror(dest, request.method, request.path_qs,
-                                                    shadow, body))
-            self._mirrors.add(task)
-            task.add_done_callback(self._mirrors.discard)
-
-    async def _mirror(self, dest: Destination, method: str, path_qs: str,
-                      headers: CIMultiDict[str], body: bytes, timeout: float = 300.0) -> None:
-        """Fire and forget: send a copy, read and discard the answer, count it."""
-        table = self.store.table
-        ep = self.endpoints.pick(self.endpoints.select(table, dest))
-        version = ep.version if ep else (dest.subset or "unknown")
-        code = 0
-        if ep is not None:
-            try:
-                async with asyncio.timeout(timeout), self.session.request(
-                    method, ep.url + path_qs, headers=headers, data=body or None,
-                    allow_redirects=False,
-                ) as resp:
-                    async for _ in resp.content.iter_any():
-                        pass
-                    code = resp.status
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                code = 0
-        self.telemetry.mirrored.labels(version, str(code)).inc()
-
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
-        for task in list(self._mirrors):
-            task.cancel()
-        await asyncio.gather(*self._mirrors, return_exceptions=True)
+        await self.mirror.close()
