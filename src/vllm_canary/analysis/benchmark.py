@@ -17,7 +17,6 @@ import numpy as np
 from vllm_canary.analysis import flagger, progressive
 from vllm_canary.analysis.simulate import Scenario, TraceSim
 
-RESULTS = Path("bench/results")
 ISSUE_STEPS = [(10, 120), (50, 120), (100, 0)]  # the issue's strategy: 10% 2m, 50% 2m, 100%
 HOLD10_STEPS = [(10, 600), (100, 0)]  # analysis held at 10% for 10 minutes
 TOLERANCE = 2.0  # the promotion gate of the third variant: shown < 2x the baseline's rate
@@ -242,15 +241,6 @@ def power_curves(runs: int, seconds: int, seed: int, alpha: float, path: Path) -
     plt.close(fig)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", type=int, default=500)
-    parser.add_argument("--minutes", type=int, default=20, help="simulated horizon per run")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--alpha", type=float, default=0.01)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--no-plot", action="store_true")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run every scenario, print the table, write it (and the power curves) under --out."""
     started = time.monotonic()
@@ -280,6 +270,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vllm-canary bench canary", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from vllm_canary.cli import main as cli
+
+    return cli(["bench", "canary", *(argv or [])])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import norm
+from scipy.special import ndtr  # the normal CDF, without importing all of scipy.stats
 
 from vllm_canary.analysis.histogram import ISTIO_MS_BUCKETS
 
@@ -75,7 +75,7 @@ class TraceSim:
     def bucket_probs(self, t: int, factor: float) -> NDArray:
         """Per-bucket probabilities (runs, buckets+1) of a latency at second t."""
         mu = np.log(self.sc.median_ms * factor) + self.load[:, t]
-        cdf = norm.cdf((np.log(self.bounds)[None, :] - mu[:, None]) / self.sc.sigma)
+        cdf = ndtr((np.log(self.bounds)[None, :] - mu[:, None]) / self.sc.sigma)
         cdf = np.concatenate([cdf, np.ones((self.runs, 1))], axis=1)
         return np.diff(cdf, prepend=0.0, axis=1).clip(0.0, 1.0)
 

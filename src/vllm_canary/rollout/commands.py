@@ -57,10 +57,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     bench = _bench_group(sub)
     bc = bench.add_parser("canary", help="sequential analysis vs Flagger's method, simulated")
-    from vllm_canary.analysis import benchmark
+    bc.add_argument("--runs", type=_positive_int, default=500)
+    bc.add_argument("--minutes", type=_positive_int, default=20,
+                    help="simulated horizon per run")
+    bc.add_argument("--seed", type=int, default=7)
+    bc.add_argument("--alpha", type=float, default=0.01)
+    bc.add_argument("--out", type=Path, default=Path("bench/results"))
+    bc.add_argument("--no-plot", action="store_true")
+    bc.set_defaults(handler=_bench_canary)
 
-    benchmark.add_arguments(bc)
-    bc.set_defaults(handler=benchmark.run)
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _bench_canary(args: argparse.Namespace) -> int:
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    from vllm_canary.analysis import benchmark  # numpy/scipy: only when benchmarking
+
+    return benchmark.run(args)
 
 
 def _bench_group(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
