@@ -21,18 +21,24 @@ ENV_PREFIX = "VLLM_CANARY_"
 S = TypeVar("S", bound=BaseModel)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "settings file") -> dict[str, Any]:
+    """A YAML file holding a mapping (empty → {}); anything else is a ConfigError naming
+    `what` and the file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"settings file {path} must hold a mapping of setting: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return data
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    return {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path).items()}
 
 
 def _from_env(model: type[BaseModel], env: Mapping[str, str], prefix: str) -> dict[str, Any]:

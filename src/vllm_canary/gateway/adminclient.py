@@ -52,7 +52,7 @@ class AdminClient:
                 message = json.load(exc)["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = f"HTTP {exc.code}"
-            raise UserError(f"gateway admin API: {message}") from None
+            raise UserError(f"gateway admin API: {exc.code} {message}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NotRunningError(f"gateway admin API at {self.url} is not reachable "

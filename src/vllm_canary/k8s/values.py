@@ -6,8 +6,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vllm_canary.config import read_yaml_mapping
 from vllm_canary.errors import UserError
 
 
@@ -25,17 +24,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def read_values_file(path: Path) -> dict[str, Any]:
     """One `-f` file; a missing, unreadable or non-mapping file is a UserError."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read values file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"values file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"values file {path} must hold a mapping at the top level")
-    return data
+    return read_yaml_mapping(path, "values file")
 
 
 def parse_set(expression: str) -> dict[str, Any]:

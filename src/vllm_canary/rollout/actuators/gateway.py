@@ -3,36 +3,26 @@ token (loopback by default)."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
+from vllm_canary.errors import NotRunningError, UserError
+from vllm_canary.gateway.adminclient import AdminClient
 from vllm_canary.rollout.actuators.base import ActuatorError
 
 
 class GatewayActuator:
     def __init__(self, admin_url: str, token: str, timeout: float = 5.0) -> None:
         self.admin_url = admin_url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
+        self.client = AdminClient(self.admin_url, token, timeout)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.admin_url}{path}", data=data, method=method,
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return dict(json.load(resp))
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.load(exc)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = exc.reason
-            raise ActuatorError(f"gateway admin {method} {path}: {exc.code} {message}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise ActuatorError(f"gateway admin {self.admin_url} unreachable: {exc}") from None
+            return self.client.call(method, path, body)
+        except NotRunningError as exc:
+            raise ActuatorError(
+                f"gateway admin {self.admin_url} unreachable: {exc.message}") from None
+        except UserError as exc:
+            raise ActuatorError(f"{method} {path}: {exc.message}") from None
 
     def get_weights(self) -> dict[str, int]:
         return {k: int(v) for k, v in self._call("GET", "/routes").get("weights", {}).items()}
