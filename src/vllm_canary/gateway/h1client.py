@@ -203,6 +203,11 @@ class Response:
             yield data
 
     async def read(self) -> bytes:
+        conn = self._conn
+        if conn is not None and conn.mode == "done" and not conn.paused and len(conn.chunks) < 2:
+            data = conn.chunks.popleft() if conn.chunks else b""  # all there already
+            conn.queued -= len(data)
+            return data
         return b"".join([c async for c in self.iter_chunks()])
 
     def release(self) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from vllm_canary.gateway.endpoints import Endpoints
+from vllm_canary.gateway.h1server import Incoming
 from vllm_canary.gateway.routing import Destination
 from vllm_canary.gateway.store import RouteStore
 from vllm_canary.gateway.telemetry import Telemetry
@@ -34,7 +34,7 @@ class Mirror:
         self.session, self.max_in_flight, self.timeout = session, max_in_flight, timeout
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def send(self, dest: Destination, request: web.Request, headers: CIMultiDict[str],
+    def send(self, dest: Destination, request: Incoming, headers: CIMultiDict[str],
              body: bytes) -> None:
         if len(self._tasks) >= self.max_in_flight:
             self.telemetry.mirror_dropped.inc()

@@ -9,21 +9,22 @@ Envoy's response flags (UH, UF, UC, UT, URX, DC, NR, FI, DI).
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import logging
 import os
 import random
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from vllm_canary.gateway.endpoints import Endpoint, Endpoints
 from vllm_canary.gateway.h1client import ConnectFailure, Pool, Response, UpstreamError
+from vllm_canary.gateway.h1server import JSON_HEADERS, Incoming, error_body
 from vllm_canary.gateway.mirror import Mirror
 from vllm_canary.gateway.routing import (
     Destination,
@@ -31,6 +32,7 @@ from vllm_canary.gateway.routing import (
     HttpRoute,
     Request,
     Retries,
+    RouteTable,
     decide,
 )
 from vllm_canary.gateway.store import RouteStore
@@ -42,6 +44,7 @@ HOP_BY_HOP = frozenset({
 })
 SMALL_BODY = 1 << 20  # answers up to this size (with a length, not SSE) are sent in one write
 RESET_MSG = "upstream connect error or disconnect/reset before headers. reset reason: "
+_NO_TIMER = contextlib.nullcontext()  # stands in for asyncio.timeout(None), which arms nothing
 
 
 @dataclass
@@ -79,16 +82,11 @@ def apply_edit(headers: CIMultiDict[str], edit: HeaderEdit) -> None:
         headers.add(name, value)
 
 
-def forwardable(headers: Mapping[str, str], extra_hop: str = "") -> CIMultiDict[str]:
+def forwardable(headers: Iterable[tuple[str, str]], extra_hop: str = "") -> CIMultiDict[str]:
     """A copy without hop-by-hop headers (and those the Connection header names)."""
-    drop = HOP_BY_HOP | {h.strip().lower() for h in extra_hop.split(",") if h.strip()}
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
-
-
-def error_body(status: int, message: str, code: str) -> bytes:
-    kind = "invalid_request_error" if status < 500 else "upstream_error"
-    return json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                 "code": code}}).encode()
+    drop = HOP_BY_HOP | {h.strip().lower() for h in extra_hop.split(",") if h.strip()} \
+        if extra_hop else HOP_BY_HOP
+    return CIMultiDict([(k, v) for k, v in headers if k.lower() not in drop])
 
 
 @dataclass
@@ -101,7 +99,6 @@ class Exchange:
     status: int = 0
     flags: list[str] = field(default_factory=list)
     dest: DestinationLabels = UNKNOWN
-    out: web.StreamResponse | None = None  # set once an answer started streaming
 
 
 class Proxy:
@@ -110,70 +107,77 @@ class Proxy:
     def __init__(self, store: RouteStore, endpoints: Endpoints, telemetry: Telemetry,
                  session: aiohttp.ClientSession, rng: random.Random | None = None,
                  max_mirrors_in_flight: int = 256, connect_timeout: float = 10.0,
-                 idle_timeout: float = 300.0) -> None:
+                 idle_timeout: float = 300.0, access_log: logging.Logger | None = None) -> None:
         self.store = store
         self.endpoints = endpoints
         self.telemetry = telemetry
         self.session = session
         self.rng = rng or random.Random()
         self.mirror = Mirror(store, endpoints, telemetry, session, max_mirrors_in_flight)
-        self._pools: dict[str, Pool] = {}
+        self._pools: dict[str, tuple[Pool, str]] = {}
         self.connect_timeout, self.idle_timeout = connect_timeout, idle_timeout
+        self.access_log = access_log
+        self._labels_cache: dict[tuple[str, str | None, Endpoint | None], DestinationLabels] = {}
+        self._labels_table: RouteTable | None = None
 
     def _pool(self, ep: Endpoint) -> tuple[Pool, str]:
         """The keep-alive pool for an endpoint and the path prefix of its URL."""
-        url = urllib.parse.urlsplit(ep.url)
-        pool = self._pools.get(ep.url)
-        if pool is None:
+        found = self._pools.get(ep.url)
+        if found is None:
+            url = urllib.parse.urlsplit(ep.url)
             tls = url.scheme == "https"
-            pool = self._pools[ep.url] = Pool(
+            found = self._pools[ep.url] = (Pool(
                 url.hostname or "127.0.0.1", url.port or (443 if tls else 80),
-                self.connect_timeout, self.idle_timeout, tls=tls)
-        return pool, url.path.rstrip("/")
+                self.connect_timeout, self.idle_timeout, tls=tls), url.path.rstrip("/"))
+        return found
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Incoming) -> None:
         ex = Exchange(time.monotonic())
         try:
-            return await self._handle(request, ex)
+            await self._handle(request, ex)
         except asyncio.CancelledError:
             ex.flags.append("DC")  # the client went away; the upstream request is cancelled
             ex.status = ex.status or 0
             raise
         finally:
-            self.telemetry.record(ex.dest, ex.status, ex.flags,
-                                  time.monotonic() - ex.started, ex.request_bytes,
+            took = time.monotonic() - ex.started
+            self.telemetry.record(ex.dest, ex.status, ex.flags, took, ex.request_bytes,
                                   ex.response_bytes)
+            if self.access_log is not None:
+                self.access_log.info('%s "%s %s HTTP/%s" %d %s %d %d %.1fms %s', request.remote,
+                                     request.method, request.target, request.version,
+                                     ex.status, ",".join(ex.flags) or "-", ex.request_bytes,
+                                     ex.response_bytes, took * 1000, ex.dest.workload)
 
-    def _local(self, ex: Exchange, status: int, flag: str, message: str,
-               headers: CIMultiDict[str] | None = None) -> web.Response:
+    def _local(self, request: Incoming, ex: Exchange, status: int, flag: str,
+               message: str) -> None:
         ex.status = status
         if flag != "-":
             ex.flags.append(flag)
         body = error_body(status, message, flag)
         ex.response_bytes = len(body)
-        return web.Response(status=status, body=body, headers=headers,
-                            content_type="application/json")
+        request.respond(status, JSON_HEADERS, body)
 
-    async def _handle(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._local(ex, 413, "-", "request body too large: the gateway accepts up to "
-                               f"{request.client_max_size} bytes (--max-request-bytes)")
+    async def _handle(self, request: Incoming, ex: Exchange) -> None:
+        if request.too_large:
+            return self._local(request, ex, 413, "-", "request body too large: the gateway "
+                               f"accepts up to {request.conn.max_body} bytes "
+                               "(--max-request-bytes)")
+        body = request.body
         ex.request_bytes = len(body)
         req = Request(
             method=request.method,
             path=request.path,
             authority=request.host,
-            headers={k.lower(): v for k, v in request.headers.items()},
-            query={k: request.query[k] for k in request.query},
+            headers=request.lower,
+            query=request.query() if request.query_string else {},
         )
         table = self.store.table
         decision = decide(table, req, self.rng)
         if decision.route is None or decision.destination is None:
             where = f"VirtualService {decision.vhost.namespace}/{decision.vhost.name}" \
                 if decision.vhost else f"any VirtualService (host {request.host})"
-            return self._local(ex, 404, "NR", f"no http route of {where} matches "
+            return self._local(request, ex, 404, "NR", f"no http route of {where} matches "
                                               f"{request.method} {request.path}")
         route, dest = decision.route, decision.destination
         ex.dest = self._labels(dest, None)
@@ -181,8 +185,8 @@ class Proxy:
             ex.flags.append("DI")
             await asyncio.sleep(decision.delay)
         if decision.abort_status is not None:
-            return self._local(ex, decision.abort_status, "FI", "fault filter abort")
-        headers = forwardable(request.headers, request.headers.get("connection", ""))
+            return self._local(request, ex, decision.abort_status, "FI", "fault filter abort")
+        headers = forwardable(request.headers, req.headers.get("connection", ""))
         remote = request.remote or "127.0.0.1"
         xff = headers.get("x-forwarded-for")
         headers["x-forwarded-for"] = f"{xff}, {remote}" if xff else remote
@@ -194,27 +198,40 @@ class Proxy:
         for shadow in decision.mirrors:
             self.mirror.send(shadow, request, headers, body)
         try:
+            if route.timeout is None:  # no timer to arm (a TimeoutError may still come up)
+                return await self._forward(request, ex, route, dest, headers, body)
             async with asyncio.timeout(route.timeout):
                 return await self._forward(request, ex, route, dest, headers, body)
         except TimeoutError:
-            if ex.out is not None and ex.out.prepared:  # answer already streaming: cut it off
+            if request.started:  # answer already streaming: cut it off
                 ex.flags.append("UT")
-                if request.transport is not None:
-                    request.transport.close()
-                return ex.out
-            return self._local(ex, 504, "UT", "upstream request timeout")
+                return request.abort()
+            return self._local(request, ex, 504, "UT", "upstream request timeout")
 
     def _labels(self, dest: Destination, ep: Endpoint | None) -> DestinationLabels:
+        """Telemetry labels for a destination (and the endpoint, once one is picked), cached
+        for the current routing table."""
+        table = self.store.table
+        if table is not self._labels_table:
+            self._labels_cache.clear()
+            self._labels_table = table
+        key = (dest.host, dest.subset, ep)
+        found = self._labels_cache.get(key)
+        if found is not None:
+            return found
         if ep is not None:
-            return DestinationLabels.of(dest.host, ep.version, ep.labels.get("app"), ep.workload)
-        svc = self.store.table.services.get(dest.host)
-        labels = svc.subsets.get(dest.subset or "", {}) if svc else {}
-        return DestinationLabels.of(dest.host, labels.get("version", dest.subset),
-                                    labels.get("app"))
+            found = DestinationLabels.of(dest.host, ep.version, ep.labels.get("app"),
+                                         ep.workload)
+        else:
+            svc = table.services.get(dest.host)
+            labels = svc.subsets.get(dest.subset or "", {}) if svc else {}
+            found = DestinationLabels.of(dest.host, labels.get("version", dest.subset),
+                                         labels.get("app"))
+        self._labels_cache[key] = found
+        return found
 
-    async def _forward(self, request: web.Request, ex: Exchange, route: HttpRoute,
-                       dest: Destination, headers: CIMultiDict[str],
-                       body: bytes) -> web.StreamResponse:
+    async def _forward(self, request: Incoming, ex: Exchange, route: HttpRoute,
+                       dest: Destination, headers: CIMultiDict[str], body: bytes) -> None:
         table = self.store.table
         svc = table.services.get(dest.host)
         candidates = self.endpoints.select(table, dest)
@@ -224,7 +241,7 @@ class Proxy:
             ep = self.endpoints.pick(candidates, svc.load_balancer if svc else "ROUND_ROBIN",
                                      tried)
             if ep is None:
-                return self._local(ex, 503, "UH", "no healthy upstream")
+                return self._local(request, ex, 503, "UH", "no healthy upstream")
             tried.append(ep)
             ex.dest = self._labels(dest, ep)
             headers["x-envoy-attempt-count"] = str(attempt)
@@ -236,7 +253,7 @@ class Proxy:
                 if last or not (result.conditions & policy.retry_on):
                     if attempt > 1 and result.conditions & policy.retry_on:
                         ex.flags.append("URX")
-                    return self._local(ex, result.status, result.flag, result.message)
+                    return self._local(request, ex, result.status, result.flag, result.message)
             else:
                 resp, small = result
                 if last or not retriable_status(policy, resp.status):
@@ -248,7 +265,7 @@ class Proxy:
                                                         policy.backoff * 10)))
         raise AssertionError("unreachable: the last attempt always returns")
 
-    async def _attempt(self, ep: Endpoint, request: web.Request, headers: CIMultiDict[str],
+    async def _attempt(self, ep: Endpoint, request: Incoming, headers: CIMultiDict[str],
                        body: bytes, per_try: float | None
                        ) -> tuple[Response, bytes | None] | Failure:
         """One try: the response (with its body when small) or the Failure that ended it."""
@@ -256,11 +273,11 @@ class Proxy:
         done = False
         ep.in_flight += 1
         try:
-            async with asyncio.timeout(per_try):
+            async with asyncio.timeout(per_try) if per_try is not None else _NO_TIMER:
                 pool, prefix = self._pool(ep)
                 if "host" not in headers:
                     headers["Host"] = f"{pool.host}:{pool.port}"
-                resp = await pool.request(request.method, prefix + request.path_qs, headers,
+                resp = await pool.request(request.method, prefix + request.target, headers,
                                           body)
                 small = None
                 length = resp.content_length
@@ -280,10 +297,9 @@ class Proxy:
             if resp is not None and not done:
                 resp.close()
 
-    async def _respond(self, request: web.Request, ex: Exchange, route: HttpRoute,
-                       dest: Destination, resp: Response,
-                       small: bytes | None) -> web.StreamResponse:
-        headers = forwardable(resp.headers, resp.headers.get("connection", ""))
+    async def _respond(self, request: Incoming, ex: Exchange, route: HttpRoute,
+                       dest: Destination, resp: Response, small: bytes | None) -> None:
+        headers = forwardable(resp.headers.items(), resp.headers.get("connection", ""))
         apply_edit(headers, route.headers.response)
         apply_edit(headers, dest.headers.response)
         headers["x-envoy-upstream-service-time"] = str(int((time.monotonic() - ex.started) * 1000))
@@ -291,29 +307,24 @@ class Proxy:
         if small is not None:
             ex.response_bytes = len(small)
             resp.release()
-            return web.Response(status=resp.status, body=small, headers=headers)
-        out = ex.out = web.StreamResponse(status=resp.status, headers=headers)
-        if resp.content_length is not None:
-            out.content_length = resp.content_length
+            return request.respond(resp.status, headers, small,
+                                   resp.content_length if request.head_only else None)
         try:
-            await out.prepare(request)
+            request.start(resp.status, headers, resp.content_length)
             async for chunk in resp.iter_chunks():
                 ex.response_bytes += len(chunk)
-                await out.write(chunk)
+                await request.write(chunk)
         except (UpstreamError, OSError) as exc:
             resp.close()
             ex.flags.append("UC" if isinstance(exc, UpstreamError) else "DC")
-            if request.transport is not None:
-                request.transport.close()  # the client sees a truncated answer, not a clean end
-            return out
+            return request.abort()  # the client sees a truncated answer, not a clean end
         except BaseException:
             resp.close()
             raise
         resp.release()
-        await out.write_eof()
-        return out
+        request.end()
 
     async def close(self) -> None:
-        for pool in self._pools.values():
+        for pool, _ in self._pools.values():
             pool.close()
         await self.mirror.close()

@@ -25,6 +25,7 @@ from vllm_canary.gateway.endpoints import (
     load_endpoints_file,
     parse_upstream,
 )
+from vllm_canary.gateway.h1server import H1Server
 from vllm_canary.gateway.proxy import Proxy
 from vllm_canary.gateway.routing import weights_of
 from vllm_canary.gateway.settings import GatewaySettings
@@ -45,6 +46,10 @@ def metrics_app(registry: CollectorRegistry) -> web.Application:
     return app
 
 
+def _reason(exc: OSError) -> str:
+    return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+
+
 class Gateway:
     """One gateway; `async with Gateway(settings) as gw:` in tests, `run()` from the CLI."""
 
@@ -61,6 +66,7 @@ class Gateway:
         self.store = RouteStore(settings.routes or default_routes_path(), self._on_routes)
         self._on_routes(self.store.snapshot)
         self._runners: list[web.AppRunner] = []
+        self._front: H1Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.ports: dict[str, int] = {}
         self.session: aiohttp.ClientSession | None = None
@@ -90,8 +96,7 @@ class Gateway:
         try:
             await site.start()
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise UserError(f"{name}: cannot listen on {host}:{port}: {reason.lower()}") from None
+            raise UserError(f"{name}: cannot listen on {host}:{port}: {_reason(exc)}") from None
         self.ports[name] = int(runner.addresses[0][1])
 
     async def start(self) -> Gateway:
@@ -105,7 +110,8 @@ class Gateway:
         )
         rng = random.Random(s.seed) if s.seed is not None else random.Random()
         self.proxy = Proxy(self.store, self.endpoints, self.telemetry, self.session, rng,
-                           connect_timeout=s.connect_timeout, idle_timeout=s.idle_timeout)
+                           connect_timeout=s.connect_timeout, idle_timeout=s.idle_timeout,
+                           access_log=log if s.access_log else None)
         for ep in self.endpoints.all:
             self.telemetry.upstream_healthy.labels(ep.url, ep.workload, ep.version).set(1)
         try:
@@ -113,9 +119,13 @@ class Gateway:
                 self._tasks.append(asyncio.create_task(self.endpoints.health_loop(
                     self.session, s.health_path, s.health_interval, on_change=self._on_health)))
             self._tasks.append(asyncio.create_task(self.store.watch(s.watch_interval)))
-            app = web.Application(client_max_size=s.max_request_bytes)
-            app.router.add_route("*", "/{tail:.*}", self.proxy.handle)
-            await self._listen("gateway", app, s.host, s.port, handler_cancellation=True)
+            self._front = H1Server(self.proxy.handle, s.max_request_bytes)
+            try:
+                await self._front.start(s.host, s.port)
+            except OSError as exc:
+                raise UserError(f"gateway: cannot listen on {s.host}:{s.port}: "
+                                f"{_reason(exc)}") from None
+            self.ports["gateway"] = self._front.port
             await self._listen("metrics", metrics_app(self.registry), s.host, s.metrics_port)
             await self._listen("admin", admin_app(self.store, self.token), s.admin_host,
                                s.admin_port)
@@ -129,6 +139,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._front is not None:
+            await self._front.close()
+            self._front = None
         if self.proxy is not None:
             await self.proxy.close()
         for runner in reversed(self._runners):

@@ -1,0 +1,164 @@
+"""The gateway's HTTP/1.1 front on a raw socket: pipelining, keep-alive, chunked and oversized
+request bodies, malformed input, 100-continue, HTTP/1.0, and a client leaving mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.fixtures.gateway import HOST, FakeUpstream, StartGateway, vs_yaml
+from tests.integration.test_gateway_proxy import sample
+from vllm_canary.gateway.server import Gateway
+
+# x-ab-test: v2 goes to v2, everything else to v1: answers say which one served them.
+AB_ROUTES = vs_yaml(f"""    - match: [{{headers: {{x-ab-test: {{exact: v2}}}}}}]
+      route: [{{destination: {{host: {HOST}, subset: v2}}}}]
+    - route: [{{destination: {{host: {HOST}, subset: v1}}}}]""")
+BODY = b'{"prompt": "hello", "max_tokens": 5}'
+
+
+def post(body: bytes = BODY, extra: str = "", version: str = "1.1") -> bytes:
+    return (f"POST /v1/completions HTTP/{version}\r\nHost: localhost\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def connect(gw: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", gw.ports["gateway"])
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response off the wire: Content-Length, chunked or to the end of the connection."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in lines[1:] if line)}
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        await reader.readexactly(2)
+    else:
+        body = await asyncio.wait_for(reader.read(), 10)
+    return status, headers, body
+
+
+async def test_pipelined_requests_are_answered_in_order(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES)
+    upstreams["v2"].delay = 0.2  # the first answer is the slowest, and must still come first
+    reader, writer = await connect(gw)
+    writer.write(post(extra="x-ab-test: v2\r\n") + post() + post(extra="x-ab-test: v2\r\n"))
+    versions = [(await read_answer(reader))[1]["x-model-version"] for _ in range(3)]
+    assert versions == ["v2", "v1", "v2"]
+    writer.write(post())  # the connection stays open for more
+    status, _, body = await read_answer(reader)
+    assert status == 200 and json.loads(body)["text"] == "hello from v1"
+    writer.close()
+
+
+async def test_chunked_request_body_reaches_the_upstream_whole(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES)
+    reader, writer = await connect(gw)
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    for piece in (BODY[:10], BODY[10:]):
+        writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    writer.write(b"0\r\n\r\n")
+    status, _, _ = await read_answer(reader)
+    got = upstreams["v1"].requests[0]
+    assert status == 200 and got["body"] == BODY
+    assert got["headers"]["content-length"] == str(len(BODY))
+    assert "transfer-encoding" not in got["headers"]
+    writer.close()
+
+
+async def test_oversized_body_is_413_and_closes(start_gateway: StartGateway,
+                                                upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES, max_request_bytes=1024)
+    big = b'{"prompt": "' + b"x" * 4000 + b'"}'
+    reader, writer = await connect(gw)
+    writer.write(post(big) + post())  # nothing after an oversized body is read
+    status, _, body = await read_answer(reader)
+    assert status == 413 and json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert "1024 bytes" in json.loads(body)["error"]["message"]
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, second request dropped
+    reader, writer = await connect(gw)  # chunked: the limit counts the decoded bytes
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 + b"%x\r\n%b\r\n" % (len(big), big) + b"0\r\n\r\n")
+    assert (await read_answer(reader))[0] == 413
+    assert not upstreams["v1"].requests and not upstreams["v2"].requests
+    assert sample(gw, "istio_requests_total", response_code="413") == 2
+
+
+async def test_malformed_request_is_400(start_gateway: StartGateway,
+                                        upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES)
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n",
+                    b"POST /v1/completions HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+                    b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        reader, writer = await connect(gw)
+        writer.write(garbage)
+        status, headers, body = await read_answer(reader)
+        assert status == 400 and headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] == "bad_request"
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    reader, writer = await connect(gw)  # a head that never ends is cut off, not buffered
+    writer.write(b"GET /v1/models HTTP/1.1\r\nx-big: ")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"a" * 70_000)
+    status, _, body = await read_answer(reader)
+    assert status == 400 and "too large" in json.loads(body)["error"]["message"]
+    assert not upstreams["v1"].requests
+
+
+async def test_expect_100_continue(start_gateway: StartGateway,
+                                   upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES)
+    reader, writer = await connect(gw)
+    head = post(extra="Expect: 100-continue\r\n")[:-len(BODY)]
+    writer.write(head)
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == \
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(BODY)
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
+
+
+async def test_http10_stream_ends_with_the_connection(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES)
+    upstreams["v1"].chunks, upstreams["v1"].chunk_gap = 3, 0.01
+    reader, writer = await connect(gw)
+    writer.write(post(json.dumps({"stream": True}).encode(), version="1.0"))
+    status, headers, body = await read_answer(reader)
+    assert status == 200 and "transfer-encoding" not in headers
+    assert body.count(b"data: ") == 4 and body.rstrip().endswith(b"[DONE]")
+
+
+async def test_client_leaving_mid_stream_cancels_the_upstream(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES)
+    up = upstreams["v1"]
+    up.chunks, up.chunk_gap = 100, 0.1
+    reader, writer = await connect(gw)
+    writer.write(post(json.dumps({"stream": True}).encode()) + post())  # a second one queued
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert b"data: " in await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
+    writer.close()
+    await asyncio.wait_for(up.cancelled.wait(), 10)
+    assert not up.stream_done.is_set()
+    for _ in range(50):
+        if sample(gw, "istio_requests_total", response_flags="DC"):
+            break
+        await asyncio.sleep(0.1)
+    assert sample(gw, "istio_requests_total", response_flags="DC") == 1
+    assert len(up.requests) == 1  # the pipelined request behind it was never sent
