@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from vllm_canary import atomic
+
 
 class ServerInfo(BaseModel):
     url: str  # OpenAI base URL, e.g. http://127.0.0.1:8101
@@ -27,22 +29,23 @@ class StackState(BaseModel):
     log_dir: str | None = None
 
 
+def state_home() -> Path:
+    """Where vllm-canary keeps state: $XDG_STATE_HOME/vllm-canary (~/.local/state/...)."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "vllm-canary"
+
+
 def state_path() -> Path:
-    """$VLLM_CANARY_STATE, else $XDG_STATE_HOME/vllm-canary/stack.json."""
+    """$VLLM_CANARY_STATE, else <state home>/stack.json."""
     explicit = os.environ.get("VLLM_CANARY_STATE")
     if explicit:
         return Path(explicit)
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "vllm-canary" / "stack.json"
+    return state_home() / "stack.json"
 
 
 def save(state: StackState, path: Path | None = None) -> Path:
     path = path or state_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.model_dump_json(indent=2))
-    os.chmod(tmp, 0o600)  # holds the admin token
-    tmp.replace(path)
+    atomic.write_text(path, state.model_dump_json(indent=2), mode=0o600)  # holds the token
     return path
 
 

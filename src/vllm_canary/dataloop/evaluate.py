@@ -8,12 +8,12 @@ import csv
 import datetime as dt
 import json
 import math
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vllm_canary import atomic
 from vllm_canary.analysis import quality
 from vllm_canary.dataloop import metricsjoin, samplefile
 from vllm_canary.dataloop.decision import (
@@ -232,9 +232,7 @@ def run_evaluate(
     write_csv(out_dir / "report.csv", csv_rows(ev))
     doc = decision_document(ev, decision, rule)
     # Atomic: the rollout controller may read decision.json at any moment.
-    tmp = out_dir / ".decision.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "decision.json")
+    atomic.write_text(out_dir / "decision.json", json.dumps(doc, indent=2) + "\n")
     if html:
         from vllm_canary.dataloop import report
 

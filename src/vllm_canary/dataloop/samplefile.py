@@ -4,15 +4,13 @@ doubling an item."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from vllm_canary import atomic
 from vllm_canary.errors import UserError
 
 
@@ -63,19 +61,9 @@ def dumps(item: dict[str, Any]) -> str:
 
 def write_atomic(path: Path, items: Iterable[dict[str, Any]]) -> None:
     """Write all items to a temp file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for item in items:
-                fh.write(dumps(item) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic.open_text(path) as fh:
+        for item in items:
+            fh.write(dumps(item) + "\n")
 
 
 class Journal:

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from vllm_canary import atomic, stackstate
+
 
 class Phase(StrEnum):
     PROGRESSING = "Progressing"
@@ -58,8 +60,7 @@ def default_path() -> Path:
     explicit = os.environ.get("VLLM_CANARY_ROLLOUT_STATE")
     if explicit:
         return Path(explicit)
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "vllm-canary" / "rollout.json"
+    return stackstate.state_home() / "rollout.json"
 
 
 class StateStore:
@@ -77,16 +78,11 @@ class StateStore:
 
     def save(self, state: RolloutState) -> None:
         state.updated = time.time()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(state.model_dump_json(indent=1))
-        os.chmod(tmp, 0o600)  # may hold the gateway's admin token
-        tmp.replace(self.path)
+        # 0600: the state may hold the gateway's admin token.
+        atomic.write_text(self.path, state.model_dump_json(indent=1), mode=0o600)
 
     def request(self, action: str) -> None:
-        tmp = self.request_path.with_name(self.request_path.name + ".tmp")
-        tmp.write_text(json.dumps({"action": action, "at": time.time()}))
-        tmp.replace(self.request_path)
+        atomic.write_text(self.request_path, json.dumps({"action": action, "at": time.time()}))
 
     def take_request(self) -> str | None:
         """The pending user request (abort, promote, resume), consumed once."""
