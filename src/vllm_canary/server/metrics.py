@@ -16,6 +16,7 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.0
                  0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 UTIL_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 LABELS = ("version", "model")
+EXPECTED_STATUSES = ("200", "400", "404", "413", "499", "500", "502", "503", "504")
 
 
 class ServerMetrics:
@@ -58,8 +59,10 @@ class ServerMetrics:
             "vllm_engine_ready", "1 when the engine is ready to serve.",
             [*LABELS, "engine"], registry=registry,
         ).labels(engine=engine, **self._labels)
-        # Pre-create the success series so rate() has a zero baseline before any request.
-        self.requests.labels(status="200", **self._labels)
+        # Pre-create the statuses we answer with: Prometheus' increase()/rate() count from a
+        # series' first sample, so errors that appear between two scrapes would be lost.
+        for status in EXPECTED_STATUSES:
+            self.requests.labels(status=status, **self._labels)
 
     def count(self, status: int) -> None:
         self.requests.labels(status=str(status), **self._labels).inc()
