@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make up` (the local stack) and `make test`.
 # Every target creates and uses .venv itself; nothing else needs installing first.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,7 +26,7 @@ setup-test: $(STAMP)
 
 test: setup-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 bench: $(STAMP)
 	scripts/setup-test-deps.sh
@@ -33,7 +34,8 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
+	$(BIN)/hadolint deploy/docker/*.Dockerfile
+	$(BIN)/vllm-canary validate deploy/helm/vllm-canary
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

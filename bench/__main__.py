@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
     names = argv or sorted(p.stem for p in HERE.glob("bench_*.py"))
     failed = []
     for name in names:
-        module = importlib.import_module(f"bench.{name if name.startswith('bench_') else 'bench_' + name}")
+        module = importlib.import_module(f"bench.bench_{name.removeprefix('bench_')}")
         print(f"==> {module.__name__}", flush=True)
         started = time.monotonic()
         try:
@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
             print(f"!! {module.__name__} failed: {exc!r}", file=sys.stderr)
             failed.append(name)
         print(f"    {time.monotonic() - started:.0f}s", flush=True)
-    print("tables:", *sorted(str(p.relative_to(HERE.parent)) for p in (HERE / "results").glob("*.md")), sep="\n  ")
+    tables = sorted(str(p.relative_to(HERE.parent)) for p in (HERE / "results").glob("*.md"))
+    print("tables:", *tables, sep="\n  ")
     return 1 if failed else 0
 
 
