@@ -11,27 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vllm_canary.server.engines.base import GenerationRequest, Kind
+from vllm_canary.server.engines.base import EngineError, GenerationRequest, Kind
 
 
-class ApiError(Exception):
-    """An error the client caused (or must see), with its HTTP status."""
+class ApiError(EngineError):
+    """An error in the client's request: an EngineError whose type defaults to
+    `invalid_request_error`."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status, message, type_, param, code,
-        )
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(status, message, type_, param, code)
 
 
 def error_body(

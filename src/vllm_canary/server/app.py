@@ -123,7 +123,7 @@ class ModelServer:
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
+        except EngineError as exc:
             return web.json_response(exc.body(), status=exc.status)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -180,12 +180,9 @@ class ModelServer:
             if stream:
                 return await self._stream(request, gen, trace, response_id, include_usage)
             return await self._complete(gen, trace, response_id)
-        except ApiError as exc:
+        except EngineError as exc:  # ApiError too: the middleware renders both
             trace.status, trace.error = exc.status, exc.message
             raise
-        except EngineError as exc:
-            trace.status, trace.error = exc.status, exc.message
-            raise ApiError(exc.status, exc.message, exc.type, exc.param, exc.code) from None
         except (asyncio.CancelledError, ConnectionResetError):
             trace.status, trace.error = CLIENT_CLOSED, "client disconnected"
             raise
@@ -264,7 +261,7 @@ class ModelServer:
                         await response.write(_sse(chunk))
             except EngineError as exc:  # failed mid-stream: tell the client in-band
                 trace.status, trace.error = exc.status, exc.message
-                await response.write(_sse(error_body(exc.message, exc.type, exc.param, exc.code)))
+                await response.write(_sse(exc.body()))
                 await response.write(b"data: [DONE]\n\n")
                 return response
         if include_usage:

@@ -72,6 +72,11 @@ class EngineError(Exception):
         self.param = param
         self.code = code
 
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
 
 @runtime_checkable
 class Engine(Protocol):
