@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from .base import Delta, EngineError, Event, GenerationRequest, Usage
 
@@ -365,7 +366,7 @@ class UpstreamEngine:
                         if data == b"[DONE]":
                             done = True
                             break
-                        for event in events_from_chunk(request.kind, json.loads(data)):
+                        for event in events_from_chunk(request.kind, orjson.loads(data)):
                             if isinstance(event, Usage):
                                 usage = event
                                 continue
