@@ -168,7 +168,7 @@ class _Conn(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.drain: asyncio.Future[None] | None = None
         self.closed = self.ignore = self.reading_paused = self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = self.queued_bytes = 0
         self.last_active = time.monotonic()
         self.url = b""
         self.headers: list[tuple[str, str]] = []
@@ -236,6 +236,10 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
     # -- parser callbacks
     def on_message_begin(self) -> None:
         self.url, self.headers, self.parts, self.size = b"", [], [], 0
@@ -299,7 +303,9 @@ class _Conn(asyncio.Protocol):
     def _dispatch(self, inc: Incoming) -> None:
         if self.task is not None:
             self.queue.append(inc)
-            if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
+            self.queued_bytes += len(inc.body)
+            if (len(self.queue) >= MAX_PIPELINED or self.queued_bytes > self.max_body) \
+                    and self.transport is not None:
                 self.reading_paused = True
                 self.transport.pause_reading()
             return
@@ -328,6 +334,7 @@ class _Conn(asyncio.Protocol):
                     self.close()
                 break
             inc = self.queue.popleft()
+            self.queued_bytes -= len(inc.body)
             if self.reading_paused and self.transport is not None:
                 self.reading_paused = False
                 self.transport.resume_reading()
@@ -369,7 +376,7 @@ class H1Server:
             self.server.close()
             self.server = None
         for conn in list(self.conns):
-            conn.close()
+            conn.abort()  # not close(): that would wait for a stalled client to read
         tasks = [c.task for c in self.conns if c.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         self.conns.clear()
