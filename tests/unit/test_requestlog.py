@@ -58,13 +58,13 @@ def test_writer_killed_mid_write_leaves_readable_lines(tmp_path: Path) -> None:
     assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not any(
-            p.stat().st_size > 2_000_000 for p in tmp_path.glob("*.jsonl")):
+            p.stat().st_size > 300_000 for p in tmp_path.glob("*.jsonl")):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     [path] = list(tmp_path.glob("*.jsonl"))
     before = list(read_records(path))
-    assert len(before) > 100
+    assert len(before) > 50
     # A torn tail is possible; a new writer must start on a fresh line after it.
     log = RequestLog(tmp_path, "v1", host="h")
     log.write({"request_id": "after"})
