@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from vllm_canary import aio
 from vllm_canary.errors import UserError
 from vllm_canary.gateway.admin import admin_app
 from vllm_canary.gateway.endpoints import (
@@ -189,9 +190,4 @@ async def run(settings: GatewaySettings) -> int:
 
 def main(settings: GatewaySettings) -> int:
     """Run on uvloop when installed (about twice asyncio's throughput for a proxy)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run(settings))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run(settings))
+    return aio.run(run(settings))
