@@ -90,7 +90,11 @@ class ModelServer:
     async def start(self) -> None:
         await self.engine.start()
         if not self.model:
-            self.model = next(iter(self.engine.model_names()), "unknown")
+            self.model = next(iter(self.engine.model_names()), "")
+        if not self.model:  # the upstream did not answer yet: say how to pin the label
+            self.model = "unknown"
+            log.warning("no model name known at start (upstream not reachable?): metrics are "
+                        "labelled model=\"unknown\"; pass --model-name to set it")
         self.metrics = ServerMetrics(self.registry, self.version, self.model, self.engine.name)
 
     async def close(self) -> None:
