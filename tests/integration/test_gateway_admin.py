@@ -121,3 +121,21 @@ async def test_admin_client(start_gateway: StartGateway) -> None:
     assert answer["weights"] == {"v1": 75, "v2": 25}
     view = await asyncio.to_thread(client.routes)
     assert view["weights"] == {"v1": 75, "v2": 25}
+
+
+async def test_a_routes_file_that_is_not_text_is_refused_and_watching_goes_on(
+        start_gateway: StartGateway) -> None:
+    docs = list(yaml.safe_load_all(default_routes_path().read_text()))
+    gw = await start_gateway(yaml.safe_dump_all(docs))
+    path = gw.store.path
+    path.write_bytes(b"\xff\xfe routes saved as UTF-16 \x00")
+    status, body = await call(gw, "POST", "/reload")
+    assert status == 422 and "not UTF-8" in body["error"]["message"]
+    docs[0]["spec"]["http"][1]["route"][0]["weight"] = 70
+    docs[0]["spec"]["http"][1]["route"][1]["weight"] = 30
+    path.write_text(yaml.safe_dump_all(docs))
+    for _ in range(100):  # the watcher polls every 0.1 s in tests
+        if gw.store.current_weights() == {"v1": 70, "v2": 30}:
+            break
+        await asyncio.sleep(0.05)
+    assert gw.store.current_weights() == {"v1": 70, "v2": 30}

@@ -73,6 +73,8 @@ def load_file(path: Path) -> IstioObjects:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RoutesError(f"cannot read routes file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RoutesError(f"routes file {path} is not UTF-8 text (byte {exc.start})") from None
     return parse_documents(text, str(path))
 
 
