@@ -169,3 +169,11 @@ def test_validate_command_exit_codes(chart_dir, tmp_path: Path):
     assert "Service/vllm-service" in bad.stdout and "spec.type" in bad.stdout
     assert "LINT " in bad.stdout  # helm lint --strict: the icon is gone
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("version", ["0.1", "1.2", "abc", "1.99"])
+def test_a_kube_version_without_schemas_is_one_line_not_a_traceback(version):
+    # Below the oldest schema kubernetes-validate itself fails with an IndexError.
+    res = _cli("validate", str(CHART), "--kube-version", version)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "use 1." in res.stderr, res.stderr

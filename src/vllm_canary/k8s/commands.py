@@ -47,12 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_doctor)
 
 
-def _render(args: argparse.Namespace):  # -> Rendered; imported lazily: helm loads a C library
+def _render(args: argparse.Namespace, merged: dict | None = None):  # -> Rendered
+    """Render the chart with `merged` values (default: those the flags name). Imported lazily:
+    helm loads a C library."""
     from vllm_canary.k8s import values
     from vllm_canary.k8s.render import render_chart
 
     chart = args.chart or DEFAULT_CHART
-    merged = values.collect(args.values_files, args.sets)
+    if merged is None:
+        merged = values.collect(args.values_files, args.sets)
     return render_chart(chart, merged, release=args.release, namespace=args.namespace)
 
 
@@ -71,26 +74,21 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from vllm_canary.k8s.validate import validate_all
+    from vllm_canary.k8s import values
+    from vllm_canary.k8s.render import lint
+    from vllm_canary.k8s.validate import check_kube_version, validate_all
 
     if args.crd_dir is not None and not args.crd_dir.is_dir():
         raise UserError(f"--crd-dir {args.crd_dir} is not a folder")
-    from vllm_canary.k8s import values
-    from vllm_canary.k8s.render import lint
-
-    rendered = _render(args)
-    lint_findings = lint(args.chart, values.collect(args.values_files, args.sets),
-                         args.namespace)
+    if args.kube_version is not None:
+        check_kube_version(args.kube_version)
+    merged = values.collect(args.values_files, args.sets)
+    rendered = _render(args, merged)
+    lint_findings = lint(args.chart, merged, args.namespace)
     for finding in lint_findings:
         print(f"LINT {finding}")
-    try:
-        problems = validate_all(rendered.manifests, kube_version=args.kube_version,
-                                crd_dir=args.crd_dir)
-    except Exception as exc:  # kubernetes-validate's unsupported version
-        if type(exc).__name__ == "VersionNotSupportedError":
-            raise UserError(f"kubernetes-validate has no schemas for --kube-version "
-                            f"{args.kube_version}") from None
-        raise
+    problems = validate_all(rendered.manifests, kube_version=args.kube_version,
+                            crd_dir=args.crd_dir)
     for problem in problems:
         print(f"INVALID {problem}")
     count = len(rendered.manifests)
@@ -106,6 +104,8 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_doctor(args: argparse.Namespace) -> int:
     from vllm_canary.k8s.doctor import run_checks
 
+    if args.load_seconds < 1:
+        raise UserError("--load-seconds must be at least 1 (the model load time in seconds)")
     if args.kube:
         if args.chart is not None or args.values_files or args.sets:
             raise UserError("--kube reads the live release; drop the chart and values arguments")

@@ -3,12 +3,14 @@ a missing schema is a failure) and custom kinds against their CRD schemas."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from vllm_canary.errors import UserError
 from vllm_canary.k8s import crds
 from vllm_canary.k8s.render import Manifest
 
@@ -40,6 +42,20 @@ def default_kube_version() -> str:
     return str(kubernetes_validate.latest_version())
 
 
+def check_kube_version(version: str) -> str:
+    """`version` (`1.30`, `v1.30.2`) if kubernetes-validate has schemas for it, else a UserError
+    naming the range it knows (the library itself fails with an IndexError below its oldest)."""
+    from kubernetes_validate import utils
+
+    known = [tuple(int(x) for x in v.split(".")[:2]) for v in utils.all_versions()]
+    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", version)
+    oldest, newest = ".".join(map(str, known[0])), ".".join(map(str, known[-1]))
+    if not match or not known[0] <= (int(match[1]), int(match[2])) <= known[-1]:
+        raise UserError(f"kubernetes-validate has no schemas for --kube-version {version}: "
+                        f"use {oldest} to {newest}")
+    return version
+
+
 def _builtin_errors(obj: dict[str, Any], kube_version: str) -> list[tuple[str, str]]:
     import kubernetes_validate
     from kubernetes_validate import utils
@@ -56,8 +72,6 @@ def _builtin_errors(obj: dict[str, Any], kube_version: str) -> list[tuple[str, s
 
 
 def _all_builtin_errors(obj: dict[str, Any], first: Any, utils: Any) -> list[tuple[str, str]]:
-    import re
-
     from referencing import Registry, Resource
 
     try:
