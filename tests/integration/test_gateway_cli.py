@@ -64,3 +64,16 @@ def test_admin_api_not_reachable(tmp_path: Path) -> None:
     out = run("routes", "get", "--admin-url", f"http://127.0.0.1:{procs.free_port()}",
               "--admin-token", "t", tmp=tmp_path)
     one_line_error(out, 1, "is not reachable")
+
+
+def test_unreadable_yaml_files_are_one_line(tmp_path: Path) -> None:
+    broken, binary = tmp_path / "broken.yaml", tmp_path / "utf16.yaml"
+    broken.write_text("kind: [unclosed\n")
+    binary.write_bytes(b"\xff\xfek\x00i\x00n\x00d\x00")
+    one_line_error(run("gateway", "--routes", str(broken), "--upstream", "v1=http://x:1",
+                       tmp=tmp_path), 2, "is not valid YAML: line 2, column 1")
+    one_line_error(run("gateway", "--routes", str(binary), "--upstream", "v1=http://x:1",
+                       tmp=tmp_path), 2, "is not UTF-8")
+    one_line_error(run("gateway", "--endpoints", str(broken), tmp=tmp_path), 2,
+                   "endpoints file")
+    one_line_error(run("gateway", "--endpoints", str(binary), tmp=tmp_path), 2, "is not UTF-8")

@@ -19,6 +19,7 @@ import aiohttp
 import yaml
 
 from vllm_canary.errors import UserError
+from vllm_canary.gateway.istio import yaml_problem
 from vllm_canary.gateway.routing import Destination, OutlierDetection, RouteTable
 
 
@@ -65,8 +66,12 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
     """A YAML list of `{url, labels, workload?}`."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read endpoints file {path}: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read endpoints file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"endpoints file {path} is not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"endpoints file {path} is not valid YAML: {yaml_problem(exc)}") from None
     items = data.get("endpoints") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise UserError(f"endpoints file {path}: expected a list of {{url, labels}}")

@@ -43,12 +43,20 @@ class IstioObjects:
                             copy.deepcopy(self.destinationrules))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: `line L, column C: problem`."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def parse_documents(text: str, source: str = "routes") -> IstioObjects:
     """Split a multi-document YAML stream into VirtualServices and DestinationRules."""
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        raise RoutesError(f"{source} is not valid YAML: {exc}") from None
+        raise RoutesError(f"{source} is not valid YAML: {yaml_problem(exc)}") from None
     items: list[Any] = []
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind") == "List":
