@@ -77,3 +77,9 @@ def test_unreadable_yaml_files_are_one_line(tmp_path: Path) -> None:
     one_line_error(run("gateway", "--endpoints", str(broken), tmp=tmp_path), 2,
                    "endpoints file")
     one_line_error(run("gateway", "--endpoints", str(binary), tmp=tmp_path), 2, "is not UTF-8")
+
+
+def test_admin_url_that_is_not_a_url(tmp_path: Path) -> None:
+    out = run("routes", "get", "--admin-url", "127.0.0.1:15000", "--admin-token", "t",
+              tmp=tmp_path)
+    one_line_error(out, 2, "is not an http:// URL")

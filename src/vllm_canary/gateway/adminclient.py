@@ -42,8 +42,14 @@ class AdminClient:
         """One request; a 4xx/5xx answer becomes a UserError carrying the API's message."""
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError(url)
+            req = urllib.request.Request(url, data=data, method=method, headers={
+                "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        except ValueError:
+            raise UserError(f"gateway admin API URL {self.url!r} is not an http:// URL; give "
+                            "e.g. http://127.0.0.1:15000") from None
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return dict(json.load(resp))
