@@ -199,3 +199,30 @@ def test_error_budget_judges_small_samples_by_their_lower_bound() -> None:
     broken = decide(None, None, base, VersionMetrics(error_rate=10 / 30, requests=30), Rule())
     assert [c.status for c in one_slip.checks if c.name == "errors"] == ["pass"]
     assert broken.decision == "rollback"
+
+
+@pytest.mark.parametrize("extra", [
+    ["--baseline", "v2"],  # v2 against itself would always "promote"
+    ["--margin", "-1"], ["--win-margin", "0.5"], ["--min-pairs", "0"],
+    ["--latency-budget", "-0.1"], ["--error-budget", "-0.01"],
+])
+def test_bad_rule_flags_are_one_line_errors(tmp_path: Path, capsys, extra: list[str]) -> None:
+    (tmp_path / "s.jsonl").write_text(json.dumps(items(1)[0]) + "\n")
+    (tmp_path / "l.json").write_text("[]")
+    assert main(["evaluate", "--samples", str(tmp_path / "s.jsonl"), "--labels",
+                 str(tmp_path / "l.json"), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vllm-canary evaluate: error: --"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "s.jsonl").write_text(json.dumps(items(1)[0]) + "\n")
+    (tmp_path / "l.json").write_text("[]")
+    blocked = tmp_path / "s.jsonl" / "report"  # below a file
+    assert main(["evaluate", "--samples", str(tmp_path / "s.jsonl"), "--labels",
+                 str(tmp_path / "l.json"), "--out", str(blocked)]) == 2
+    assert main(["labelstudio", "export", "--samples", str(tmp_path / "s.jsonl"),
+                 "--out", str(blocked)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("cannot create the --out folder" in line for line in err), err

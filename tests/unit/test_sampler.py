@@ -11,8 +11,10 @@ import textwrap
 from datetime import date
 from pathlib import Path
 
+import pytest
 from scipy import stats
 
+from vllm_canary.cli import main
 from vllm_canary.dataloop import logs, sampler
 
 DAY = date(2026, 11, 24)
@@ -148,3 +150,23 @@ def test_one_million_lines_bounded_memory(tmp_path: Path) -> None:
     assert result["lines"] == 1_000_001 and result["invalid"] == 1
     assert result["rss_mb"] < 150
 
+
+
+@pytest.mark.parametrize("extra", [["--n", "0"], ["--retries", "-1"], ["--timeout", "0"],
+                                   ["--concurrency", "0"], ["--date", "2026-13-01"]])
+def test_bad_sample_flags_are_one_line_errors(tmp_path: Path, capsys, extra: list[str]) -> None:
+    # --retries -1 used to ask nothing and write empty answers counted as successes.
+    code = main(["sample", "--logs", str(tmp_path), "--v1", "http://127.0.0.1:1",
+                 "--v2", "http://127.0.0.1:1", "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("vllm-canary sample: error:"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("")
+    code = main(["sample", "--logs", str(tmp_path), "--v1", "http://127.0.0.1:1",
+                 "--v2", "http://127.0.0.1:1", "--out", str(tmp_path / "file" / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"vllm-canary sample: error: cannot create the --out folder "
+                                 f"{tmp_path / 'file' / 'out'}: Not a directory"], err

@@ -29,6 +29,25 @@ def today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
+def make_dir(path: Path, flag: str = "--out") -> None:
+    """Create an output folder up front, so a bad `--out` is one line and not a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the {flag} folder {path}: {exc.strerror}") from None
+
+
+def check_policy(concurrency: int, timeout: float, retries: int) -> None:
+    """The answering knobs `sample` and `loop daily` share; a negative retry count would
+    ask nothing and record empty answers as if they had succeeded."""
+    if concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    if not timeout > 0:
+        raise UserError("--timeout must be more than 0 seconds")
+    if retries < 0:
+        raise UserError("--retries must be 0 or more")
+
+
 def _targets(args: argparse.Namespace) -> list:
     from vllm_canary.dataloop.generate import Target
 
@@ -40,7 +59,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
+    check_policy(args.concurrency, args.timeout, args.retries)
     day = parse_day(args.date, today())
+    make_dir(args.out)
     policy = generate.Policy(args.concurrency, args.timeout, args.retries)
     res = collect.run_sample(args.logs, day, args.n, _targets(args), args.out,
                              seed=args.seed, policy=policy)
@@ -74,7 +95,7 @@ def cmd_ls_export(args: argparse.Namespace) -> int:
 
     items = samplefile.load_samples(args.samples)
     tasks = labelstudio.tasks_for(items, args.mode, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_dir(args.out)
     (args.out / "tasks.json").write_text(json.dumps(tasks, ensure_ascii=False, indent=1) + "\n",
                                          encoding="utf-8")
     (args.out / "config.xml").write_text(labelstudio.config_for(args.mode), encoding="utf-8")
@@ -103,8 +124,11 @@ def cmd_ls_push(args: argparse.Namespace) -> int:
 def cmd_ls_pull(args: argparse.Namespace) -> int:
     from vllm_canary.dataloop import labelstudio, lsclient
 
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder: name the labels file "
+                        f"(e.g. {args.out / 'labels.json'})")
+    make_dir(args.out.parent)
     tasks = lsclient.pull(_need_url(args), args.token or "", args.project)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(tasks, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     labels = labelstudio.parse_export(tasks)
     for reason in labels.refused:
@@ -118,6 +142,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vllm_canary.dataloop.decision import Rule
     from vllm_canary.dataloop.evaluate import run_evaluate
 
+    if args.baseline == args.candidate:
+        raise UserError(f"--baseline and --candidate are both {args.baseline!r}: "
+                        "name two different versions")
+    for flag, value in (("--margin", args.margin), ("--latency-budget", args.latency_budget),
+                        ("--error-budget", args.error_budget)):
+        if not value >= 0:
+            raise UserError(f"{flag} must be 0 or more")
+    if not 0 <= args.win_margin < 0.5:
+        raise UserError("--win-margin must be at least 0 and below 0.5")
+    if args.min_pairs < 1:
+        raise UserError("--min-pairs must be at least 1")
+    make_dir(args.out)
     rule = Rule(margin=args.margin, win_margin=args.win_margin, min_pairs=args.min_pairs,
                 latency_budget=args.latency_budget, error_budget=args.error_budget)
     ev, decision, doc = run_evaluate(args.samples, args.labels, args.out, rule,

@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vllm_canary.config import load_settings
 from vllm_canary.errors import ConfigError
@@ -21,16 +21,16 @@ class DailySettings(BaseModel):
     logs: list[Path] = [Path("logs")]
     out: Path = Path("annotations")
     date: str | None = None
-    n: int = 100
+    n: int = Field(100, ge=1)
     v1: str | None = None
     v2: str | None = None
     seed: int = 0
     mode: Literal["rating", "pairwise"] = "pairwise"
     labelstudio_url: str | None = None
     labelstudio_token: str | None = None
-    concurrency: int = 8
-    timeout: float = 60.0
-    retries: int = 2
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    retries: int = Field(2, ge=0)
 
     @field_validator("logs", mode="before")
     @classmethod
@@ -41,7 +41,7 @@ class DailySettings(BaseModel):
 def run(args: argparse.Namespace) -> int:
     """Sample the day, then push it when Label Studio is configured."""
     from vllm_canary.dataloop import collect, generate, labelstudio, lsclient, samplefile
-    from vllm_canary.dataloop.commands import default_title, parse_day
+    from vllm_canary.dataloop.commands import default_title, make_dir, parse_day
 
     s = load_settings(DailySettings, vars(args), file=args.config)
     if not s.v1 or not s.v2:
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     day = parse_day(s.date, yesterday)
     targets = [generate.Target("v1", s.v1), generate.Target("v2", s.v2)]
+    make_dir(s.out)
     res = collect.run_sample(s.logs, day, s.n, targets, s.out, seed=s.seed,
                              policy=generate.Policy(s.concurrency, s.timeout, s.retries))
     print(f"{res.path}: {res.items} items ({res.stats.lines} log lines, "
