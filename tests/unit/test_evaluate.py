@@ -226,3 +226,12 @@ def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path: Path, capsys) -
                  "--out", str(blocked)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("cannot create the --out folder" in line for line in err), err
+
+
+def test_reasons_name_the_versions_compared() -> None:
+    # They used to say "v2 ... v1" whatever --baseline/--candidate named.
+    d = decide(None, None, VersionMetrics(p95_latency_s=0.1, error_rate=0.0),
+               VersionMetrics(p95_latency_s=0.5, error_rate=0.2), Rule(), ("v2", "v3"))
+    assert d.decision == "rollback"
+    assert [r.split(" (")[0] for r in d.reasons] == ["p95 latency v3 0.500s vs v2 0.100s",
+                                                    "error rate v3 20.00% vs v2 0.00%"]

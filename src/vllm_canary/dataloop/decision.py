@@ -11,6 +11,7 @@ from vllm_canary.analysis.quality import wilson_interval
 
 Verdict = Literal["promote", "continue", "rollback"]
 EXIT_CODES: dict[Verdict, int] = {"promote": 0, "continue": 3, "rollback": 4}
+Names = tuple[str, str]  # (baseline, candidate)
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,13 @@ class Decision:
                 "checks": [asdict(c) for c in self.checks]}
 
 
-def _rating_check(ev: RatingEvidence | None, rule: Rule) -> Check | None:
+def _rating_check(ev: RatingEvidence | None, rule: Rule, names: Names) -> Check | None:
     if ev is None:
         return None
     lo, hi = ev.ci
-    text = (f"v2 - v1 mean score {ev.mean_diff:+.2f} on {ev.n_pairs} prompts rated for both "
-            f"({rule.confidence:.0%} CI {lo:+.2f}..{hi:+.2f}, Wilcoxon p={ev.pvalue:.3g})")
+    base, cand = names
+    text = (f"{cand} - {base} mean score {ev.mean_diff:+.2f} on {ev.n_pairs} prompts rated for "
+            f"both ({rule.confidence:.0%} CI {lo:+.2f}..{hi:+.2f}, Wilcoxon p={ev.pvalue:.3g})")
     if ev.n_pairs < rule.min_pairs:
         return Check("rating", "inconclusive",
                      f"only {ev.n_pairs} prompts rated for both versions (need ≥ {rule.min_pairs})")
@@ -89,13 +91,14 @@ def _rating_check(ev: RatingEvidence | None, rule: Rule) -> Check | None:
     return Check("rating", "inconclusive", f"{text}: the interval still reaches -{rule.margin}")
 
 
-def _pairwise_check(ev: PairwiseEvidence | None, rule: Rule) -> Check | None:
+def _pairwise_check(ev: PairwiseEvidence | None, rule: Rule, names: Names) -> Check | None:
     if ev is None:
         return None
     lo, hi = ev.ci
     floor = 0.5 - rule.win_margin
-    text = (f"v2 preferred in {ev.share:.0%} of {ev.n_decisive} decisive pairwise judgements "
-            f"({rule.confidence:.0%} CI {lo:.0%}..{hi:.0%}, sign test p={ev.pvalue:.3g})")
+    text = (f"{names[1]} preferred in {ev.share:.0%} of {ev.n_decisive} decisive pairwise "
+            f"judgements ({rule.confidence:.0%} CI {lo:.0%}..{hi:.0%}, "
+            f"sign test p={ev.pvalue:.3g})")
     if ev.n_decisive < rule.min_pairs:
         return Check("pairwise", "inconclusive",
                      f"only {ev.n_decisive} decisive pairwise judgements (need ≥ {rule.min_pairs})")
@@ -106,21 +109,25 @@ def _pairwise_check(ev: PairwiseEvidence | None, rule: Rule) -> Check | None:
     return Check("pairwise", "inconclusive", f"{text}: the interval still reaches {floor:.0%}")
 
 
-def _latency_check(base: VersionMetrics, cand: VersionMetrics, rule: Rule) -> Check | None:
+def _latency_check(
+    base: VersionMetrics, cand: VersionMetrics, rule: Rule, names: Names
+) -> Check | None:
     b, c = base.p95_latency_s, cand.p95_latency_s
     if math.isnan(b) or math.isnan(c):
         return None
     limit = b * (1 + rule.latency_budget) + rule.latency_slack_s
-    text = (f"p95 latency v2 {c:.3f}s vs v1 {b:.3f}s ({cand.source}; budget "
+    text = (f"p95 latency {names[1]} {c:.3f}s vs {names[0]} {b:.3f}s ({cand.source}; budget "
             f"+{rule.latency_budget:.0%} +{rule.latency_slack_s}s = {limit:.3f}s)")
     return Check("latency", "fail" if c > limit else "pass", text)
 
 
-def _error_check(base: VersionMetrics, cand: VersionMetrics, rule: Rule) -> Check | None:
+def _error_check(
+    base: VersionMetrics, cand: VersionMetrics, rule: Rule, names: Names
+) -> Check | None:
     b, c = base.error_rate, cand.error_rate
     if math.isnan(b) or math.isnan(c):
         return None
-    text = (f"error rate v2 {c:.2%} vs v1 {b:.2%} ({cand.source}; budget "
+    text = (f"error rate {names[1]} {c:.2%} vs {names[0]} {b:.2%} ({cand.source}; budget "
             f"+{rule.error_budget:.2%})")
     # On a small sample one transient failure is no evidence: judge the lower bound of v2's
     # rate when the count behind it is known, the rate itself otherwise.
@@ -133,14 +140,17 @@ def _error_check(base: VersionMetrics, cand: VersionMetrics, rule: Rule) -> Chec
 def decide(
     rating: RatingEvidence | None, pairwise: PairwiseEvidence | None,
     baseline: VersionMetrics, candidate: VersionMetrics, rule: Rule,
+    names: Names = ("v1", "v2"),
 ) -> Decision:
     """Any failed check → rollback; every quality check passed and nothing failed → promote;
-    otherwise (no labels, too few, intervals too wide) → continue collecting."""
-    quality = [c for c in (_rating_check(rating, rule), _pairwise_check(pairwise, rule)) if c]
+    otherwise (no labels, too few, intervals too wide) → continue collecting. `names` are
+    (baseline, candidate) as the reasons call them."""
+    quality = [c for c in (_rating_check(rating, rule, names),
+                           _pairwise_check(pairwise, rule, names)) if c]
     if not quality:
         quality = [Check("quality", "inconclusive", "no valid labels yet")]
-    ops = [c for c in (_latency_check(baseline, candidate, rule),
-                       _error_check(baseline, candidate, rule)) if c]
+    ops = [c for c in (_latency_check(baseline, candidate, rule, names),
+                       _error_check(baseline, candidate, rule, names)) if c]
     checks = quality + ops
     failed = [c for c in checks if c.status == "fail"]
     if failed:

@@ -227,7 +227,7 @@ def run_evaluate(
             prom = metricsjoin.from_prometheus(prometheus, day, [baseline, candidate])
     ev = summarise(items, labels, rule, baseline, candidate, prom)
     decision = decide(ev.rating, ev.pairwise, ev.versions[baseline].metrics,
-                      ev.versions[candidate].metrics, rule)
+                      ev.versions[candidate].metrics, rule, (baseline, candidate))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "report.csv", csv_rows(ev))
     doc = decision_document(ev, decision, rule)
