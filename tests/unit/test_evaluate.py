@@ -235,3 +235,11 @@ def test_reasons_name_the_versions_compared() -> None:
     assert d.decision == "rollback"
     assert [r.split(" (")[0] for r in d.reasons] == ["p95 latency v3 0.500s vs v2 0.100s",
                                                     "error rate v3 20.00% vs v2 0.00%"]
+
+
+def test_a_pairwise_only_report_plots_the_judgements_not_empty_scores(tmp_path: Path) -> None:
+    run(tmp_path, items(30), pairwise_export([i % 3 != 0 for i in range(30)]))
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<h3>Pairwise judgements</h3>" in html
+    assert "Score distribution" not in html  # there are no scores to plot
+    assert html.count("data:image/png;base64,") == 2  # judgements and latency

@@ -35,18 +35,19 @@ def plots(ev: Evaluation) -> dict[str, str]:
     out: dict[str, str] = {}
     names = list(ev.versions)
 
-    fig = Figure(figsize=(6, 3.2))
-    ax = fig.add_subplot()
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        scores = [round(s) for s in ev.versions[name].scores]
-        counts = [scores.count(k) for k in range(1, 6)]
-        ax.bar([k + (i - (len(names) - 1) / 2) * width for k in range(1, 6)], counts, width,
-               label=f"{name} (n={len(scores)})")
-    ax.set_xlabel("score (mean over annotators, rounded)")
-    ax.set_ylabel("prompts")
-    ax.legend()
-    out["Score distribution per version"] = _png(fig)
+    if any(ev.versions[n].scores for n in names):  # a pairwise-only day has no scores
+        fig = Figure(figsize=(6, 3.2))
+        ax = fig.add_subplot()
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            scores = [round(s) for s in ev.versions[name].scores]
+            counts = [scores.count(k) for k in range(1, 6)]
+            ax.bar([k + (i - (len(names) - 1) / 2) * width for k in range(1, 6)], counts, width,
+                   label=f"{name} (n={len(scores)})")
+        ax.set_xlabel("score (mean over annotators, rounded)")
+        ax.set_ylabel("prompts")
+        ax.legend()
+        out["Score distribution per version"] = _png(fig)
 
     if ev.diffs:
         fig = Figure(figsize=(6, 3.2))
@@ -59,6 +60,17 @@ def plots(ev: Evaluation) -> dict[str, str]:
         ax.set_xlabel(f"{ev.candidate} - {ev.baseline} score per prompt")
         ax.set_ylabel("prompts")
         out["Paired differences"] = _png(fig)
+
+    wtl = ev.pairwise_wtl
+    if wtl.n:
+        fig = Figure(figsize=(6, 2.4))
+        ax = fig.add_subplot()
+        outcomes = [f"{ev.candidate} preferred", "tie", f"{ev.baseline} preferred"]
+        ax.barh(outcomes, [wtl.wins, wtl.ties, wtl.losses],
+                color=["#1a7f37", "#8c959f", "#cf222e"])
+        ax.invert_yaxis()
+        ax.set_xlabel("prompts (net over annotators)")
+        out["Pairwise judgements"] = _png(fig)
 
     latencies = ev.latencies
     if any(latencies.get(n) for n in names):
