@@ -206,3 +206,20 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
                              env={**os.environ, "VLLM_CANARY_STATE": str(tmp_path / "s.json")})
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and f"--port {port}" in out.stderr
+
+
+def test_flag_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    env = {**os.environ, "VLLM_CANARY_STATE": str(tmp_path / "s.json")}
+
+    def up(*args: str) -> subprocess.CompletedProcess[str]:
+        ports = [a for flag, port in zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True)
+                 for a in (flag, str(port)) if flag not in args]
+        return subprocess.run([CLI, "up", "--no-prometheus", "--log-dir", str(tmp_path), *ports,
+                               *args], capture_output=True, text=True, timeout=60, env=env)
+
+    out = up("--port", "70000")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "not a TCP port: --port 70000" in out.stderr
+    out = up("--v2-error-rate", "2")  # refused by the v2 server: its own words are shown
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "v2 server did not start" in out.stderr and "error_rate" in out.stderr

@@ -97,6 +97,9 @@ def _check_ports(args: argparse.Namespace) -> None:
               "--admin-port": args.admin_port}
     if not args.no_prometheus and promserver.find_binary():
         wanted["--prometheus-port"] = args.prometheus_port
+    bad = [f"{flag} {port}" for flag, port in wanted.items() if not 0 < port < 65536]
+    if bad:
+        raise UserError(f"not a TCP port: {', '.join(bad)}; give a number from 1 to 65535")
     if len(set(wanted.values())) != len(wanted):
         raise UserError("two components were given the same port; give each its own")
     busy = [f"{flag} {port}" for flag, port in wanted.items()
@@ -148,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 procs.wait_http(child.ready_url, timeout, child.proc)
             except (RuntimeError, TimeoutError) as exc:
-                raise UserError(f"{child.name} did not start ({exc}); see {child.log}") from None
+                said = f": {_tail(child.log, 1)}" if child.proc.poll() is not None else ""
+                raise UserError(f"{child.name} did not start ({exc}){said}; see "
+                                f"{child.log}") from None
         if not args.no_prometheus and promserver.find_binary():
             prometheus = _start_prometheus(args, workdir)
         state = stackstate.StackState(
