@@ -114,7 +114,8 @@ class Endpoints:
         live = self.available(candidates)
         if not live:
             return None
-        fresh = [e for e in live if e not in set(exclude)] or live
+        tried = set(exclude)  # once, not once per endpoint
+        fresh = [e for e in live if e not in tried] or live
         if len(fresh) == 1:
             return fresh[0]
         if policy == "RANDOM":

@@ -137,7 +137,6 @@ class Proxy:
             await self._handle(request, ex)
         except asyncio.CancelledError:
             ex.flags.append("DC")  # the client went away; the upstream request is cancelled
-            ex.status = ex.status or 0
             raise
         finally:
             took = time.monotonic() - ex.started
@@ -180,7 +179,7 @@ class Proxy:
             return self._local(request, ex, 404, "NR", f"no http route of {where} matches "
                                               f"{request.method} {request.path}")
         route, dest = decision.route, decision.destination
-        ex.dest = self._labels(dest, None)
+        ex.dest = self._labels(table, dest, None)
         if decision.delay:
             ex.flags.append("DI")
             await asyncio.sleep(decision.delay)
@@ -199,19 +198,19 @@ class Proxy:
             self.mirror.send(shadow, request, headers, body)
         try:
             if route.timeout is None:  # no timer to arm (a TimeoutError may still come up)
-                return await self._forward(request, ex, route, dest, headers, body)
+                return await self._forward(request, ex, table, route, dest, headers, body)
             async with asyncio.timeout(route.timeout):
-                return await self._forward(request, ex, route, dest, headers, body)
+                return await self._forward(request, ex, table, route, dest, headers, body)
         except TimeoutError:
             if request.started:  # answer already streaming: cut it off
                 ex.flags.append("UT")
                 return request.abort()
             return self._local(request, ex, 504, "UT", "upstream request timeout")
 
-    def _labels(self, dest: Destination, ep: Endpoint | None) -> DestinationLabels:
+    def _labels(self, table: RouteTable, dest: Destination,
+                ep: Endpoint | None) -> DestinationLabels:
         """Telemetry labels for a destination (and the endpoint, once one is picked), cached
         for the current routing table."""
-        table = self.store.table
         if table is not self._labels_table:
             self._labels_cache.clear()
             self._labels_table = table
@@ -230,9 +229,11 @@ class Proxy:
         self._labels_cache[key] = found
         return found
 
-    async def _forward(self, request: Incoming, ex: Exchange, route: HttpRoute,
-                       dest: Destination, headers: CIMultiDict[str], body: bytes) -> None:
-        table = self.store.table
+    async def _forward(self, request: Incoming, ex: Exchange, table: RouteTable,
+                       route: HttpRoute, dest: Destination, headers: CIMultiDict[str],
+                       body: bytes) -> None:
+        """Try the destination's endpoints, with `table` the snapshot `route` was decided on
+        (a reload meanwhile does not mix two tables in one request)."""
         svc = table.services.get(dest.host)
         candidates = self.endpoints.select(table, dest)
         policy = route.retries
@@ -243,7 +244,7 @@ class Proxy:
             if ep is None:
                 return self._local(request, ex, 503, "UH", "no healthy upstream")
             tried.append(ep)
-            ex.dest = self._labels(dest, ep)
+            ex.dest = self._labels(table, dest, ep)
             headers["x-envoy-attempt-count"] = str(attempt)
             result = await self._attempt(ep, request, headers, body, policy.per_try_timeout)
             status = result[0].status if isinstance(result, tuple) else None
