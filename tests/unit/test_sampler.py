@@ -170,3 +170,13 @@ def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path: Path, capsys) -
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"vllm-canary sample: error: cannot create the --out folder "
                                  f"{tmp_path / 'file' / 'out'}: Not a directory"], err
+
+
+def test_a_version_url_without_a_scheme_is_refused_before_any_work(tmp_path: Path,
+                                                                    capsys) -> None:
+    # `--v1 127.0.0.1:8101` used to run and record every answer as failed, exit 0.
+    code = main(["sample", "--logs", str(tmp_path), "--v1", "127.0.0.1:8101",
+                 "--v2", "http://127.0.0.1:1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--v1 '127.0.0.1:8101' is not an http(s) URL" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -37,6 +37,13 @@ def make_dir(path: Path, flag: str = "--out") -> None:
         raise UserError(f"cannot create the {flag} folder {path}: {exc.strerror}") from None
 
 
+def check_url(url: str, flag: str) -> str:
+    """A base URL the clients can use; without a scheme every request would fail one by one."""
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise UserError(f"{flag} {url!r} is not an http(s) URL: e.g. http://127.0.0.1:8000")
+    return url
+
+
 def check_policy(concurrency: int, timeout: float, retries: int) -> None:
     """The answering knobs `sample` and `loop daily` share; a negative retry count would
     ask nothing and record empty answers as if they had succeeded."""
@@ -51,7 +58,8 @@ def check_policy(concurrency: int, timeout: float, retries: int) -> None:
 def _targets(args: argparse.Namespace) -> list:
     from vllm_canary.dataloop.generate import Target
 
-    return [Target("v1", args.v1, args.model), Target("v2", args.v2, args.model)]
+    return [Target("v1", check_url(args.v1, "--v1"), args.model),
+            Target("v2", check_url(args.v2, "--v2"), args.model)]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -61,9 +69,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError("--n must be at least 1")
     check_policy(args.concurrency, args.timeout, args.retries)
     day = parse_day(args.date, today())
+    targets = _targets(args)
     make_dir(args.out)
     policy = generate.Policy(args.concurrency, args.timeout, args.retries)
-    res = collect.run_sample(args.logs, day, args.n, _targets(args), args.out,
+    res = collect.run_sample(args.logs, day, args.n, targets, args.out,
                              seed=args.seed, policy=policy)
     s = res.stats
     excluded = ", ".join(f"{k} {v}" for k, v in sorted(s.excluded.items())) or "none"
@@ -87,7 +96,7 @@ def _ls_args(p: argparse.ArgumentParser) -> None:
 def _need_url(args: argparse.Namespace) -> str:
     if not args.url:
         raise UserError(f"no Label Studio URL: pass --url or set {ENV_URL}")
-    return str(args.url)
+    return check_url(str(args.url), "--url")
 
 
 def cmd_ls_export(args: argparse.Namespace) -> int:
@@ -153,6 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--win-margin must be at least 0 and below 0.5")
     if args.min_pairs < 1:
         raise UserError("--min-pairs must be at least 1")
+    if args.prometheus:
+        check_url(args.prometheus, "--prometheus")
     make_dir(args.out)
     rule = Rule(margin=args.margin, win_margin=args.win_margin, min_pairs=args.min_pairs,
                 latency_budget=args.latency_budget, error_budget=args.error_budget)

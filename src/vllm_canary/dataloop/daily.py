@@ -41,7 +41,7 @@ class DailySettings(BaseModel):
 def run(args: argparse.Namespace) -> int:
     """Sample the day, then push it when Label Studio is configured."""
     from vllm_canary.dataloop import collect, generate, labelstudio, lsclient, samplefile
-    from vllm_canary.dataloop.commands import default_title, make_dir, parse_day
+    from vllm_canary.dataloop.commands import check_url, default_title, make_dir, parse_day
 
     s = load_settings(DailySettings, vars(args), file=args.config)
     if not s.v1 or not s.v2:
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
                           "VLLM_CANARY_V1/VLLM_CANARY_V2 or v1:/v2: in --config")
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     day = parse_day(s.date, yesterday)
-    targets = [generate.Target("v1", s.v1), generate.Target("v2", s.v2)]
+    targets = [generate.Target("v1", check_url(s.v1, "--v1")),
+               generate.Target("v2", check_url(s.v2, "--v2"))]
     make_dir(s.out)
     res = collect.run_sample(s.logs, day, s.n, targets, s.out, seed=s.seed,
                              policy=generate.Policy(s.concurrency, s.timeout, s.retries))
