@@ -57,11 +57,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
     settings = load_settings(GatewaySettings, vars(args), file=args.config)
     logging.basicConfig(level=logging.INFO if settings.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    if settings.routes is not None:
-        from vllm_canary.gateway.store import load_routes
-
-        load_routes(settings.routes)  # a bad file is a one-line error before anything listens
-    return main(settings)
+    return main(settings)  # a bad routes file is a RoutesError before anything listens
 
 
 def _admin_flags(p: argparse.ArgumentParser) -> None:
