@@ -177,3 +177,10 @@ def test_a_kube_version_without_schemas_is_one_line_not_a_traceback(version):
     res = _cli("validate", str(CHART), "--kube-version", version)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "use 1." in res.stderr, res.stderr
+
+
+def test_an_unknown_kind_in_a_known_crd_group_says_so():
+    m = Manifest("t.yaml", {"apiVersion": "networking.istio.io/v1", "kind": "VirtualServce",
+                            "metadata": {"name": "x"}, "spec": {}})
+    [problem] = validate_manifest(m)
+    assert problem.message.endswith("networking.istio.io has no kind VirtualServce"), problem

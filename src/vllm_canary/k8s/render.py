@@ -116,11 +116,11 @@ def lint(
         report = helm.lint(chart, values or {}, strict=True, namespace=namespace)
     except helm.HelmError as exc:
         raise UserError(f"helm lint could not run on {chart}: {_one_line(exc)}") from None
-    found = [f"{m.get('path', '')}: {_one_line(Exception(m.get('error', '')))}"
+    found = [f"{m.get('path', '')}: {_one_line(m.get('error', ''))}"
              for m in report.get("messages") or [] if int(m.get("severity", 0)) >= 2]
     seen = " ".join(found)
-    return found + [_one_line(Exception(e)) for e in report.get("errors") or []
-                    if _one_line(Exception(e)) not in seen]
+    errors = [_one_line(e) for e in report.get("errors") or []]
+    return found + [e for e in errors if e not in seen]
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -145,5 +145,5 @@ def to_yaml(rendered: Rendered) -> str:
     return "".join(parts)
 
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())

@@ -110,9 +110,10 @@ def validate_manifest(
     if schema is not None:
         errors = _custom_errors(obj, schema)
     elif group in crds.groups(index):
-        errors = [("apiVersion", f"no CRD schema for {kind} in {api}; known: "
-                   + ", ".join(sorted(f"{a} {k}" for a, k in index if a.startswith(group + "/")
-                                      and k == kind)) or "none of this kind")]
+        known = ", ".join(sorted(f"{a} {k}" for a, k in index
+                                 if a.startswith(group + "/") and k == kind))
+        errors = [("apiVersion", f"no CRD schema for {kind} in {api}; "
+                   + (f"known: {known}" if known else f"{group} has no kind {kind}"))]
     else:
         errors = _builtin_errors(obj, kube_version or default_kube_version())
     return [Problem(m.ref, m.source, path, msg) for path, msg in errors]
