@@ -243,3 +243,15 @@ def test_a_pairwise_only_report_plots_the_judgements_not_empty_scores(tmp_path: 
     assert "<h3>Pairwise judgements</h3>" in html
     assert "Score distribution" not in html  # there are no scores to plot
     assert html.count("data:image/png;base64,") == 2  # judgements and latency
+
+
+def test_prometheus_join_needs_the_samples_day(tmp_path: Path, capsys) -> None:
+    # A hand-edited samples file without a usable day was a KeyError/ValueError traceback.
+    item = {k: v for k, v in items(1)[0].items() if k != "day"}
+    (tmp_path / "s.jsonl").write_text(json.dumps(item) + "\n")
+    (tmp_path / "l.json").write_text("[]")
+    assert main(["evaluate", "--samples", str(tmp_path / "s.jsonl"), "--labels",
+                 str(tmp_path / "l.json"), "--out", str(tmp_path / "o"),
+                 "--prometheus", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no valid `day`" in err[0], err

@@ -70,6 +70,16 @@ def load_labels(path: Path) -> Labels:
     return parse_export(data)
 
 
+def sample_day(path: Path, items: list[dict[str, Any]]) -> dt.date:
+    """The UTC day the items were sampled from (Prometheus is asked about that day)."""
+    text = next((str(it["day"]) for it in items if it.get("day")), None)
+    try:
+        return dt.date.fromisoformat(text or "")
+    except ValueError:
+        raise UserError(f"{path} has no valid `day` (YYYY-MM-DD) on its items: --prometheus "
+                        "needs it to query that day") from None
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
@@ -221,10 +231,9 @@ def run_evaluate(
     items = samplefile.load_samples(samples)
     labels = load_labels(labels_path)
     prom = None
-    if prometheus:
-        day = dt.date.fromisoformat(next(str(i["day"]) for i in items)) if items else None
-        if day is not None:
-            prom = metricsjoin.from_prometheus(prometheus, day, [baseline, candidate])
+    if prometheus and items:
+        prom = metricsjoin.from_prometheus(prometheus, sample_day(samples, items),
+                                           [baseline, candidate])
     ev = summarise(items, labels, rule, baseline, candidate, prom)
     decision = decide(ev.rating, ev.pairwise, ev.versions[baseline].metrics,
                       ev.versions[candidate].metrics, rule, (baseline, candidate))
