@@ -48,11 +48,16 @@ def test_durations() -> None:
     ({"steps": [{"setWeight": 10}], "analysis": {"metrics": ["p99"]}}, "unknown metric"),
     ({"steps": [{"setWeigth": 10}]}, "setWeigth"),
     (["setWeight"], "mapping"),
+    ({"steps": [{"setWeight": 10}], "analysis": {"interval": "0s"}}, "analysis.interval"),
+    ({"steps": [{"setWeight": 10}], "stable": "v1", "canary": "v1"}, "both 'v1'"),
+    ({"steps": [{"setWeight": 10}], "analysis": {"metrics": [{"name": "x"}]}},
+     "'analysis.metrics.0.query': Field required"),
 ])
 def test_mistakes_are_user_errors(data: object, words: str) -> None:
     with pytest.raises(UserError) as err:
         parse_strategy(data)
     assert words in err.value.message and "\n" not in err.value.message
+    assert "Value error" not in err.value.message
 
 
 def test_custom_promql_metric() -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vllm_canary.errors import UserError
 
@@ -74,7 +81,7 @@ class AnalysisSpec(_Model):
     tolerance: float | None = Field(default=None, gt=1)
     quantile: float = Field(default=0.95, gt=0.5, lt=1)
     min_samples: int = Field(default=50, alias="minSamples", ge=1)
-    interval: float = 5.0
+    interval: float = Field(default=5.0, gt=0)  # 0 would make the controller spin
     timeout_factor: float = Field(default=3.0, alias="timeoutFactor", ge=1)
     down_after: float = Field(default=15.0, alias="downAfter")  # canary down this long: abort
     reports: str = "reports"  # where the data loop writes <day>/decision.json (quality)
@@ -116,6 +123,12 @@ class Strategy(_Model):
                 raise ValueError(f"step {i + 1}: use exactly one of setWeight, pause, analysis")
         return v
 
+    @model_validator(mode="after")
+    def _two_versions(self) -> Strategy:
+        if self.stable == self.canary:
+            raise ValueError(f"stable and canary are both {self.stable!r}: name two versions")
+        return self
+
 
 def load_strategy(path: Path) -> Strategy:
     """Read and validate a strategy file; every mistake is a one-line UserError."""
@@ -134,6 +147,11 @@ def parse_strategy(data: Any, where: str = "strategy") -> Strategy:
     try:
         return Strategy.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "strategy"
-        raise UserError(f"{where}: invalid {loc!r}: {first['msg']}") from None
+        # A metric is a name or a {name, query} mapping: pydantic reports both branches of
+        # that union; the deepest error is the one about what the user actually wrote.
+        first = max(exc.errors(), key=lambda e: len(e["loc"]))
+        loc = ".".join(str(p) for p in first["loc"] if p not in ("str", "CustomMetric"))
+        message = first["msg"].removeprefix("Value error, ")
+        if not loc:  # a rule across fields: its message says it all
+            raise UserError(f"{where}: {message}") from None
+        raise UserError(f"{where}: invalid {loc!r}: {message}") from None
