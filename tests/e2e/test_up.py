@@ -220,6 +220,12 @@ def test_flag_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     out = up("--port", "70000")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "not a TCP port: --port 70000" in out.stderr
+    (tmp_path / "afile").touch()
+    for args, words in ((("--log-dir", str(tmp_path / "afile")), "cannot create"),
+                        (("--host", "10.255.255.1"), "cannot listen on this address")):
+        out = up(*args)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().count("\n") == 0 and words in out.stderr
     out = up("--v2-error-rate", "2")  # refused by the v2 server: its own words are shown
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
     assert "v2 server did not start" in out.stderr and "error_rate" in out.stderr

@@ -102,6 +102,9 @@ def _check_ports(args: argparse.Namespace) -> None:
         raise UserError(f"not a TCP port: {', '.join(bad)}; give a number from 1 to 65535")
     if len(set(wanted.values())) != len(wanted):
         raise UserError("two components were given the same port; give each its own")
+    if not procs.port_is_free(0, args.host):  # any port: fails only for the address itself
+        raise UserError(f"--host {args.host}: cannot listen on this address (not one of this "
+                        "machine's?); the default is 127.0.0.1")
     busy = [f"{flag} {port}" for flag, port in wanted.items()
             if not procs.port_is_free(port, args.host)]
     if busy:
@@ -123,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
     _check_ports(args)
     timeout = args.startup_timeout or (900.0 if args.engine == "vllm" else 60.0)
     workdir = args.log_dir / "stack"
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--log-dir {args.log_dir}: cannot create {workdir}: "
+                        f"{exc.strerror}") from None
     token = secrets.token_urlsafe(24)
     routes = args.routes or default_routes_path()
     base = f"http://{args.host}"
