@@ -117,6 +117,8 @@ def test_render_command_prints_a_yaml_stream(tmp_path, chart_dir):
     (["render", str(CHART), "-f", "/nonexistent.yaml"], "cannot read values file"),
     (["render", str(CHART), "--set", "routing.mode=linkerd"], "values.schema.json"),
     (["render", str(CHART), "--release", "Bad_Name"], "bad release name"),
+    (["render", str(CHART), "--namespace", "Bad_NS"], "bad namespace"),
+    (["doctor", str(CHART), "--load-seconds", "0"], "--load-seconds must be at least 1"),
 ])
 def test_user_mistakes_are_one_line_errors(argv, needle, chart_dir):
     proc = subprocess.run([sys.executable, "-m", "vllm_canary.cli", *argv],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import yaml
 
 from vllm_canary.errors import UserError
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # what a namespace must be
 
 # Roughly Helm's install order, so `render | kubectl apply -f -` creates dependencies first.
 KIND_ORDER = (
@@ -85,6 +88,9 @@ def render_chart(
         helm.validate_release_name(release)
     except helm.HelmError as exc:
         raise UserError(f"bad release name {release!r}: {exc}") from None
+    if not DNS_LABEL.fullmatch(namespace):
+        raise UserError(f"bad namespace {namespace!r}: lower-case letters, digits and '-', "
+                        "at most 63, starting and ending with a letter or digit")
     try:
         with helm.Chart.load(chart) as loaded:
             loaded.validate_schema(values or {})
