@@ -180,3 +180,27 @@ def test_tolerance_makes_the_last_gate_wait_for_evidence(tmp_path: Path, clock: 
         at_gate.append(ctl.state.message)
     assert ctl.state.phase is Phase.PROMOTED and act.sets() == TO_CANARY
     assert any("not yet shown within 2x" in r for r in at_gate)
+
+
+def test_custom_promql_runs_at_the_gates_only(tmp_path: Path, clock: Clock) -> None:
+    """Every poll checks the sequential tests; a custom metric's PromQL is queried only when
+    a gate decides (twice: canary and baseline), not at every tick."""
+    asked: list[str] = []
+
+    def query(expr: str) -> float:
+        asked.append(expr)
+        return 1.0
+
+    strategy = {**ISSUE, "analysis": {**ISSUE["analysis"], "metrics": [
+        "error-rate", {"name": "gpu", "query": 'avg(x{version="$version"})'}]}}
+    act = FakeActuator()
+    strat = parse_strategy(strategy)
+    store = StateStore(tmp_path / "rollout.json")
+    state = RolloutState(strategy=strat.model_dump(by_alias=True), target={})
+    ctl = Controller(strat, state, store, act, FakeSource(act), query=query, now=clock)
+    ticks = 0
+    while not ctl.tick().terminal:
+        ticks += 1
+        clock.sleep(1.0)
+    assert ctl.state.phase is Phase.PROMOTED
+    assert len(asked) == 2 * 2 and ticks > 2 * 10  # two gates, about ten ticks each

@@ -105,6 +105,11 @@ class Analyzer:
                 out.append(self._sequential(m, final_gate))
         return out
 
+    def sequential_results(self) -> list[MetricResult]:
+        """Verdicts of the always-valid tests alone: cheap enough to check at every poll (no
+        PromQL queries, no report files)."""
+        return [self._sequential(m) for m in self.tests]
+
     def _sequential(self, metric: str, final_gate: bool = False) -> MetricResult:
         t = self.tests[metric]
         samples = self.step_samples.get(metric, 0)

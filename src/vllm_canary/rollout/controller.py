@@ -132,7 +132,7 @@ class Controller:
                 return
         else:
             s.canary_down_since = None
-        results = [r for r in self.analyzer.results() if r.metric in self.analyzer.tests]
+        results = self.analyzer.sequential_results()
         s.analysis = self.analyzer.to_dict()
         if any(r.verdict is Verdict.FAIL for r in results):
             s.results = [r.to_dict() for r in results]
