@@ -17,7 +17,9 @@ def service(error_v2: float, polls: int) -> AnalysisService:
     spec = AnalysisSpec(metrics=["error-rate", "latency-p95"], min_samples=20)
     act = FakeActuator(weights={"v1": 50, "v2": 50})
     src = FakeSource(act, error_rate={"v1": 0.0, "v2": error_v2})
-    svc = AnalysisService(lambda: Analyzer(spec, "v1", "v2"), src, 1.0)
+    # A poll interval far beyond the test: the app's loop polls once at start and never
+    # between a /reset and the next GET, whatever the machine's load.
+    svc = AnalysisService(lambda: Analyzer(spec, "v1", "v2"), src, 3600.0)
     for _ in range(polls):
         svc.poll()
     return svc
