@@ -8,9 +8,9 @@ from typing import Any
 
 from vllm_canary import stackstate
 from vllm_canary.errors import NotRunningError, UserError
-from vllm_canary.rollout.actuators import ActuatorError, GatewayActuator, KubernetesActuator
+from vllm_canary.rollout.actuators import ACTUATORS, ActuatorError
 from vllm_canary.rollout.actuators.base import Actuator
-from vllm_canary.rollout.metrics import PrometheusSource, ScrapeSource
+from vllm_canary.rollout.metrics import SOURCES
 from vllm_canary.rollout.metrics.base import MetricSource
 
 
@@ -61,17 +61,15 @@ def target_from_args(args: argparse.Namespace, actuator_needed: bool = True) -> 
 
 
 def build_actuator(target: dict[str, Any]) -> Actuator:
-    a = target["actuator"]
-    if a["kind"] == "kubernetes":
-        try:
-            return KubernetesActuator(a["namespace"], a["name"], context=a.get("context"))
-        except ActuatorError as exc:
-            raise UserError(str(exc)) from None
-    return GatewayActuator(a["admin_url"], a["token"])
+    """The actuator a target dict names: ACTUATORS[kind](**the rest)."""
+    a = dict(target["actuator"])
+    try:
+        return ACTUATORS[a.pop("kind")](**a)
+    except ActuatorError as exc:  # e.g. no Kubernetes credentials
+        raise UserError(str(exc)) from None
 
 
 def build_source(target: dict[str, Any]) -> MetricSource:
-    s = target["source"]
-    if s["kind"] == "prometheus":
-        return PrometheusSource(s["url"])
-    return ScrapeSource(s["gateway"], s["servers"])
+    """The metric source a target dict names: SOURCES[kind](**the rest)."""
+    s = dict(target["source"])
+    return SOURCES[s.pop("kind")](**s)

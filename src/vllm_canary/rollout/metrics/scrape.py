@@ -20,11 +20,13 @@ def scrape(url: str, timeout: float = 3.0) -> list[Sample]:
 
 
 class ScrapeSource:
-    def __init__(self, gateway_metrics_url: str | None,
-                 server_metrics_urls: dict[str, str] | list[str], service: str = SERVICE) -> None:
-        self.gateway_url = gateway_metrics_url
-        self.server_urls = (dict(server_metrics_urls) if isinstance(server_metrics_urls, dict)
-                            else {f"server{i}": u for i, u in enumerate(server_metrics_urls)})
+    def __init__(self, gateway: str | None, servers: dict[str, str] | list[str],
+                 service: str = SERVICE) -> None:
+        """`gateway` and `servers` (by version) are /metrics URLs, as a rollout's target
+        dict records them."""
+        self.gateway_url = gateway
+        self.server_urls = (dict(servers) if isinstance(servers, dict)
+                            else {f"server{i}": u for i, u in enumerate(servers)})
         self.service = service
 
     def snapshot(self) -> Snapshot:
