@@ -3,6 +3,7 @@ token (loopback by default)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vllm_canary.errors import NotRunningError, UserError
@@ -15,21 +16,22 @@ class GatewayActuator:
         self.admin_url = admin_url.rstrip("/")
         self.client = AdminClient(self.admin_url, token, timeout)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(self, request: Callable[[], dict[str, Any]]) -> dict[str, int]:
+        """The weights in the admin API's answer; its errors become ActuatorErrors."""
         try:
-            return self.client.call(method, path, body)
+            answer = request()
         except NotRunningError as exc:
             raise ActuatorError(
                 f"gateway admin {self.admin_url} unreachable: {exc.message}") from None
-        except UserError as exc:
-            raise ActuatorError(f"{method} {path}: {exc.message}") from None
+        except UserError as exc:  # the API refused: its status and message
+            raise ActuatorError(exc.message) from None
+        return {k: int(v) for k, v in answer.get("weights", {}).items()}
 
     def get_weights(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self._call("GET", "/routes").get("weights", {}).items()}
+        return self._call(self.client.routes)
 
     def set_weights(self, weights: dict[str, int]) -> dict[str, int]:
-        answer = self._call("PUT", "/weights", {"weights": weights})
-        return {k: int(v) for k, v in answer.get("weights", {}).items()}
+        return self._call(lambda: self.client.set_weights(weights))
 
     def describe(self) -> str:
         return f"gateway admin API {self.admin_url}"
