@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from vllm_canary.analysis.verdict import MetricResult, Verdict, combine
 from vllm_canary.rollout.actuators.base import Actuator, ActuatorError
 from vllm_canary.rollout.analyzer import Analyzer, Query
-from vllm_canary.rollout.metrics.base import MetricSource, Snapshot, VersionStats
+from vllm_canary.rollout.metrics.base import MetricSource, Snapshot, VersionStats, window
 from vllm_canary.rollout.state import Event, Phase, RolloutState, StateStore
 from vllm_canary.rollout.strategy import Strategy
 
@@ -118,10 +118,8 @@ class Controller:
             return
         s.source_error = ""
         previous = _load_snapshot(s.last_snapshot)
-        if previous is not None:
-            window = {v: st.minus(previous[v]) for v, st in current.items() if v in previous}
-            if s.weights.get(self.canary, 0) > 0:
-                self.analyzer.observe(window, current)
+        if previous is not None and s.weights.get(self.canary, 0) > 0:
+            self.analyzer.observe(window(previous, current), current)
         s.last_snapshot = {v: st.to_dict() for v, st in current.items()}
         canary = current.get(self.canary)
         if canary is not None and canary.up is False and s.weights.get(self.canary, 0) > 0:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from vllm_canary.analysis.verdict import combine
 from vllm_canary.rollout.analyzer import Analyzer
-from vllm_canary.rollout.metrics.base import MetricSource, Snapshot
+from vllm_canary.rollout.metrics.base import MetricSource, Snapshot, window
 
 
 class AnalysisService:
@@ -33,8 +33,7 @@ class AnalysisService:
             return
         self.error = ""
         if self.last is not None:
-            window = {v: s.minus(self.last[v]) for v, s in current.items() if v in self.last}
-            self.analyzer.observe(window, current)
+            self.analyzer.observe(window(self.last, current), current)
         self.last = current
 
     def answer(self, metric: str) -> tuple[int, dict[str, Any]]:

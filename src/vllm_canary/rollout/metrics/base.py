@@ -59,6 +59,12 @@ class VersionStats:
 Snapshot = dict[str, VersionStats]  # by version: v1, v2
 
 
+def window(previous: Snapshot, current: Snapshot) -> Snapshot:
+    """What each version did between two snapshots (a version new in `current` is left out:
+    its counts would span an unknown time)."""
+    return {v: st.minus(previous[v]) for v, st in current.items() if v in previous}
+
+
 class MetricSource(Protocol):
     """Per-version cumulative telemetry (plugin kind; one file per implementation)."""
 
