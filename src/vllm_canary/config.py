@@ -21,6 +21,14 @@ ENV_PREFIX = "VLLM_CANARY_"
 S = TypeVar("S", bound=BaseModel)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: `line L, column C: problem`."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def read_yaml_mapping(path: Path, what: str = "settings file") -> dict[str, Any]:
     """A YAML file holding a mapping (empty → {}); anything else is a ConfigError naming
     `what` and the file."""
@@ -28,8 +36,10 @@ def read_yaml_mapping(path: Path, what: str = "settings file") -> dict[str, Any]
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -46,3 +46,11 @@ def test_cli_renders_user_errors_as_one_line(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "must be an http(s) URL" in err
     assert "Traceback" not in err
+
+
+def test_settings_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bin.yaml"
+    cfg.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError) as err:
+        load_settings(ServeSettings, {}, file=cfg, env={})
+    assert err.value.message.endswith("is not UTF-8 text")

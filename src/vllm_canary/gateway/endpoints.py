@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from vllm_canary.config import yaml_problem
 from vllm_canary.errors import UserError
-from vllm_canary.gateway.istio import yaml_problem
 from vllm_canary.gateway.routing import Destination, OutlierDetection, RouteTable
 
 

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from vllm_canary.config import yaml_problem
 from vllm_canary.errors import UserError
 from vllm_canary.gateway import istio_fields as F
 from vllm_canary.gateway.routing import StringMatch
@@ -41,14 +42,6 @@ class IstioObjects:
     def copy(self) -> IstioObjects:
         return IstioObjects(copy.deepcopy(self.virtualservices),
                             copy.deepcopy(self.destinationrules))
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one line: `line L, column C: problem`."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    if mark is None or not problem:
-        return str(exc).splitlines()[0]
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def parse_documents(text: str, source: str = "routes") -> IstioObjects:
