@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vllm_canary.errors import UserError
+from vllm_canary.cli import run
 from vllm_canary.gateway.commands import add_gateway_parser
 
 
@@ -15,14 +15,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vllm-canary")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_gateway_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except UserError as exc:
-        print(f"vllm-canary {args.command}: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run(parser, argv)
 
 
 if __name__ == "__main__":
