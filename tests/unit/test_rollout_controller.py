@@ -204,3 +204,17 @@ def test_custom_promql_runs_at_the_gates_only(tmp_path: Path, clock: Clock) -> N
         clock.sleep(1.0)
     assert ctl.state.phase is Phase.PROMOTED
     assert len(asked) == 2 * 2 and ticks > 2 * 10  # two gates, about ten ticks each
+
+
+def test_verdicts_shown_belong_to_the_current_gate(tmp_path: Path, clock: Clock) -> None:
+    """While the second analysis step runs, the live view must not show the first gate's
+    verdicts as if they were this step's."""
+    act = FakeActuator()
+    ctl = make(tmp_path, clock, act, FakeSource(act))
+    seen = []
+    while not ctl.tick().terminal:
+        seen.append((ctl.state.step, ctl.state.phase, len(ctl.state.results)))
+        clock.sleep(1.0)
+    assert any(step == 3 and phase is Phase.ANALYZING for step, phase, _ in seen)
+    assert all(n == 0 for step, phase, n in seen if step == 3 and phase is Phase.ANALYZING)
+    assert [r["verdict"] for r in ctl.state.results] == ["pass", "pass"]

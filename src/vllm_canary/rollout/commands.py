@@ -163,7 +163,8 @@ def _follow(ctl: Any, args: argparse.Namespace) -> int:
         print(f"promoted: all traffic on {ctl.strategy.canary}")
         return EXIT_PROMOTED
     if phase is Phase.ABORTED:
-        why = [e.message for e in ctl.state.events if e.message.startswith("aborting")]
+        why = [e.message.removeprefix("aborting: ") for e in ctl.state.events
+               if e.message.startswith("aborting: ")]
         print(f"aborted: all traffic back on {ctl.strategy.stable}"
               + (f" ({why[-1]})" if why else ""))
         return EXIT_ABORTED

@@ -91,6 +91,7 @@ class Controller:
             duration = step.analysis.duration if step.analysis and step.analysis.duration else 0.0
             if elapsed < duration:
                 s.message = f"analysing {elapsed:.0f}/{duration:.0f}s"
+                s.results = []  # the previous gate's verdicts are not this step's
                 return
             final = not any(st.kind == "analysis" for st in steps[s.step + 1:])
             results = self.analyzer.results(final_gate=final)
