@@ -9,9 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from vllm_canary.dataloop.logs import ReadStats, read_records
 from vllm_canary.server.app import ModelServer
 from vllm_canary.server.engines import build_engine
-from vllm_canary.server.requestlog import RequestLog, read_records
+from vllm_canary.server.requestlog import RequestLog
 from vllm_canary.server.settings import ServeSettings
 
 
@@ -135,7 +136,7 @@ async def test_disconnect_mid_stream_stops_generation_and_logs_499(tmp_path: Pat
     await client.close()
     await server.close()
     [path] = tmp_path.glob("*.jsonl")
-    [record] = list(read_records(path))
+    [record] = list(read_records([path], ReadStats()))
     assert record["status"] == 499
     assert record["completion_tokens"] is None
 
@@ -149,7 +150,7 @@ async def test_request_log_fields_and_opt_out(tmp_path: Path) -> None:
     await client.close()
     await server.close()
     [path] = tmp_path.glob("*.jsonl")
-    first, second = read_records(path)
+    first, second = read_records([path], ReadStats())
     assert first["prompt"] == "mail me: [EMAIL]" and first["status"] == 200
     assert first["completion"] and first["completion_tokens"] == 2
     assert first["params"]["max_tokens"] == 2 and first["ttft_s"] > 0

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import require
 from tests.fixtures.server import StartServer
-from vllm_canary.server.requestlog import read_records
+from vllm_canary.dataloop.logs import ReadStats, read_records
 
 
 def test_openai_client_completions_and_chat(serve_process: StartServer) -> None:
@@ -87,4 +87,4 @@ def test_sigterm_drains_in_flight_requests(serve_process: StartServer) -> None:
     assert server.proc.wait(30) == 0
     assert result["body"]["usage"]["completion_tokens"] == 60  # type: ignore[index]
     [path] = list(server.log_dir.glob("*.jsonl"))
-    assert [r["status"] for r in read_records(path)] == [200]
+    assert [r["status"] for r in read_records([path], ReadStats())] == [200]

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_canary.server.requestlog import RequestLog, read_records, redact, sampled
+from vllm_canary.dataloop.logs import ReadStats, read_records
+from vllm_canary.server.requestlog import RequestLog, redact, sampled
 
 
 def test_redacts_emails_phones_and_keys_but_not_numbers() -> None:
@@ -34,7 +35,7 @@ def test_records_round_trip_one_file_per_day(tmp_path: Path) -> None:
     log.close()
     [path] = tmp_path.iterdir()
     assert path.name.startswith("requests-") and path.name.endswith("-v1-h1.jsonl")
-    records = list(read_records(path))
+    records = list(read_records([path], ReadStats()))
     assert [r["request_id"] for r in records] == ["a", "b"]
     assert records[0]["prompt"] == "write to [EMAIL]" and records[0]["redacted"] is True
 
@@ -63,13 +64,13 @@ def test_writer_killed_mid_write_leaves_readable_lines(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     [path] = list(tmp_path.glob("*.jsonl"))
-    before = list(read_records(path))
+    before = list(read_records([path], ReadStats()))
     assert len(before) > 50
     # A torn tail is possible; a new writer must start on a fresh line after it.
     log = RequestLog(tmp_path, "v1", host="h")
     log.write({"request_id": "after"})
     log.close()
-    after = list(read_records(path))
+    after = list(read_records([path], ReadStats()))
     assert after[-1]["request_id"] == "after"
     assert len(after) == len(before) + 1
     lines = path.read_bytes().split(b"\n")

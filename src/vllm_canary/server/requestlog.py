@@ -16,7 +16,6 @@ import queue
 import re
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,15 +126,3 @@ class RequestLog:
                 f.seek(size - 1)
                 if f.read(1) != b"\n":  # torn tail from a crash: start a fresh line
                     os.write(self._fd, b"\n")
-
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of one log file, skipping lines that do not parse (a torn tail)."""
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                yield record
