@@ -52,6 +52,8 @@ def test_durations() -> None:
     ({"steps": [{"setWeight": 10}], "stable": "v1", "canary": "v1"}, "both 'v1'"),
     ({"steps": [{"setWeight": 10}], "analysis": {"metrics": [{"name": "x"}]}},
      "'analysis.metrics.0.query': Field required"),
+    ({"steps": [{"setWeight": 10}], "analysis": {"metrics": [
+        "error-rate", {"name": "error-rate", "query": "x"}]}}, "'error-rate' is listed twice"),
 ])
 def test_mistakes_are_user_errors(data: object, words: str) -> None:
     with pytest.raises(UserError) as err:

@@ -100,6 +100,10 @@ class AnalysisSpec(_Model):
                                  "or {name, query} for PromQL")
         if not v:
             raise ValueError("list at least one metric")
+        names = [m if isinstance(m, str) else m.name for m in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # verdicts, the live view and /analyze?metric= are keyed by name
+            raise ValueError(f"metric {twice[0]!r} is listed twice: give each metric its own name")
         return v
 
     def metric_names(self) -> list[str]:
