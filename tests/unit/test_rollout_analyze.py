@@ -70,3 +70,19 @@ def test_custom_promql_metric_compares_canary_with_baseline() -> None:
     values['x{version="v2"}'] = 1.1
     assert Analyzer(spec, "v1", "v2", query=values.get).results()[0].verdict is Verdict.PASS
     assert Analyzer(spec, "v1", "v2").results()[0].verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_port_it_cannot_serve_on_is_one_line(capsys) -> None:
+    import socket
+
+    from vllm_canary.cli import main
+
+    scrape = ["--scrape", "http://127.0.0.1:9/metrics"]
+    assert main(["analyze", "--serve", "--port", "99999", *scrape]) == 2
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        assert main(["analyze", "--serve", "--port", port, *scrape]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "not a TCP port" in err[0] and "in use" in err[1]

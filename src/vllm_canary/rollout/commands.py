@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vllm_canary import procs
 from vllm_canary.errors import NotRunningError, UserError
 from vllm_canary.rollout.state import Phase, RolloutState, StateStore, default_path
 from vllm_canary.rollout.targets import (
@@ -135,9 +136,21 @@ def _line(state: RolloutState) -> str:
             + (f"  ({state.source_error})" if state.source_error else ""))
 
 
+def _check_listen(flag: str, host: str, port: int) -> None:
+    """A port we are about to serve on: a mistake is one line, not a bind() traceback."""
+    if not 0 < port < 65536:
+        raise UserError(f"{flag} {port}: not a TCP port; give a number from 1 to 65535")
+    if not procs.port_is_free(0, host):
+        raise UserError(f"cannot listen on {host} (not one of this machine's addresses?)")
+    if not procs.port_is_free(port, host):
+        raise UserError(f"{flag} {port}: in use on {host}; stop what holds it or pick another")
+
+
 def _follow(ctl: Any, args: argparse.Namespace) -> int:
     if getattr(args, "metrics_port", None):
         from prometheus_client import start_http_server
+
+        _check_listen("--metrics-port", "127.0.0.1", args.metrics_port)
 
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=ctl.registry)
     last: list[Any] = ["", None]
@@ -278,6 +291,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     service = AnalysisService(factory, source, spec.interval)
     if args.serve:
+        _check_listen("--port", args.host, args.port)
         from aiohttp import web
 
         print(f"analysis: http://{args.host}:{args.port}/analyze?metric=NAME "
