@@ -82,3 +82,16 @@ def test_cli_missing_file_and_no_rollout(tmp_path: Path, capsys) -> None:
     assert main(["rollout", "status", "--state", str(tmp_path / "s.json")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "cannot read strategy" in err[0] and "no rollout" in err[1]
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"steps:\n  - setWeight: 10 \xff\n", "not UTF-8"),
+    (b"steps: [setWeight: 10\n", "not valid YAML: line"),
+    (b"", "'steps': Field required"),
+])
+def test_unreadable_files_are_one_line(tmp_path: Path, content: bytes, words: str) -> None:
+    path = tmp_path / "rollout.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        load_strategy(path)
+    assert words in err.value.message and "\n" not in err.value.message

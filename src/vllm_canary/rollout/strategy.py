@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -17,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from vllm_canary.config import read_yaml_mapping
 from vllm_canary.errors import UserError
 
 BUILTIN_METRICS = ("error-rate", "latency-p95", "ttft-p95", "itl-p95", "quality")
@@ -136,13 +136,7 @@ class Strategy(_Model):
 
 def load_strategy(path: Path) -> Strategy:
     """Read and validate a strategy file; every mistake is a one-line UserError."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read strategy {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"strategy {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_strategy(data, str(path))
+    return parse_strategy(read_yaml_mapping(Path(path), "strategy"), str(path))
 
 
 def parse_strategy(data: Any, where: str = "strategy") -> Strategy:
