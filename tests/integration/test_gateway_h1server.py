@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from tests.fixtures.gateway import HOST, FakeUpstream, StartGateway, vs_yaml
-from tests.integration.test_gateway_proxy import sample
+from tests.integration.test_gateway_proxy import sample, wait_for_sample
 from vllm_canary.gateway.server import Gateway
 
 # x-ab-test: v2 goes to v2, everything else to v1: answers say which one served them.
@@ -156,9 +156,6 @@ async def test_client_leaving_mid_stream_cancels_the_upstream(
     writer.close()
     await asyncio.wait_for(up.cancelled.wait(), 10)
     assert not up.stream_done.is_set()
-    for _ in range(50):
-        if sample(gw, "istio_requests_total", response_flags="DC"):
-            break
-        await asyncio.sleep(0.1)
+    await wait_for_sample(gw, "istio_requests_total", response_flags="DC")
     assert sample(gw, "istio_requests_total", response_flags="DC") == 1
     assert len(up.requests) == 1  # the pipelined request behind it was never sent

@@ -38,6 +38,14 @@ def sample(gw: Gateway, name: str, **labels: str) -> float:
     return total
 
 
+async def wait_for_sample(gw: Gateway, name: str, **labels: str) -> None:
+    """Wait (bounded, 5 s) until the gateway has counted a matching sample."""
+    for _ in range(100):
+        if sample(gw, name, **labels):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_seed_traffic_split_and_header_route(start_gateway: StartGateway,
                                                    upstreams: dict[str, FakeUpstream]) -> None:
     gw = await start_gateway()
@@ -83,10 +91,7 @@ async def test_client_disconnect_cancels_the_upstream(start_gateway: StartGatewa
         resp.close()  # the user hits Ctrl-C
     await asyncio.wait_for(up.cancelled.wait(), 10)
     assert not up.stream_done.is_set()
-    for _ in range(50):
-        if sample(gw, "istio_requests_total", response_flags="DC"):
-            break
-        await asyncio.sleep(0.1)
+    await wait_for_sample(gw, "istio_requests_total", response_flags="DC")
     assert sample(gw, "istio_requests_total", response_flags="DC") == 1
 
 
@@ -101,10 +106,7 @@ async def test_upstream_dying_mid_stream_truncates_the_answer(
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()  # no clean end of stream: the client knows it is incomplete
-    for _ in range(50):
-        if sample(gw, "istio_requests_total", response_flags="UC"):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_sample(gw, "istio_requests_total", response_flags="UC")
     assert sample(gw, "istio_requests_total", response_code="200", response_flags="UC") == 1
 
 
@@ -222,10 +224,7 @@ async def test_route_timeout_cuts_a_long_stream(start_gateway: StartGateway,
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
-    for _ in range(50):
-        if sample(gw, "istio_requests_total", response_flags="UT"):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_sample(gw, "istio_requests_total", response_flags="UT")
     assert sample(gw, "istio_requests_total", response_code="200", response_flags="UT") == 1
 
 
