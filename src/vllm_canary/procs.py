@@ -34,6 +34,19 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (one owned by another user counts)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from vllm_canary import atomic
+from vllm_canary import atomic, procs
 
 
 class ServerInfo(BaseModel):
@@ -56,13 +56,7 @@ def load(path: Path | None = None) -> StackState | None:
         state = StackState.model_validate(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return state
+    return state if procs.alive(state.pid) else None
 
 
 def clear(path: Path | None = None) -> None:

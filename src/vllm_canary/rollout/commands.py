@@ -103,15 +103,8 @@ def _store(args: argparse.Namespace) -> StateStore:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A controller other than this process is running with this pid."""
+    return pid != os.getpid() and procs.alive(pid)
 
 
 def _controller(state: RolloutState, store: StateStore) -> Any:
