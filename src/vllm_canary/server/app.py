@@ -81,6 +81,8 @@ class ModelServer:
         self.version = settings.version
         self.registry = registry or CollectorRegistry()
         self.request_log = request_log
+        if request_log is not None:  # its records' outcomes, on this server's /metrics
+            request_log.register(self.registry)
         self.model = settings.served_model_name()
         self.metrics: ServerMetrics | None = None
         self.draining = False

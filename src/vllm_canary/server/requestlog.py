@@ -4,6 +4,12 @@ One JSON object per line, appended to `<dir>/requests-YYYYMMDD-<version>-<host>.
 day). Lines are written by a background thread (never on the event loop), each with a single
 `write()` on an O_APPEND file, so a killed server leaves at most one torn last line; a writer
 that finds a torn tail starts on a fresh line, and readers skip what does not parse.
+
+Redaction (server/redact.py) covers every string a record keeps except its metadata
+(`REDACT_SKIP`): prompt, messages as strings or parts, names, tool calls and results, stop
+sequences, `user`, the completion and error messages. A record that is not valid JSON as it
+stands (a lone surrogate, NaN, an object JSON has no type for) is repaired and written, and
+counted; nothing is dropped without being counted in `vllm_canary_request_log_records_total`.
 """
 
 from __future__ import annotations
@@ -11,48 +17,102 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import queue
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-# API keys and bearer tokens: well-known prefixes, or long opaque secrets after "key"/"token".
-_KEY = re.compile(
-    r"\b(?:sk|pk|rk|ghp|gho|ghs|xox[abpr]|AKIA|hf)[-_A-Za-z0-9]{12,}\b"
-    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{16,}"
-    r"|\b[A-Fa-f0-9]{32,}\b"
-)
-# Phone numbers: 9+ digits with optional separators and country code; not bare years/ids.
-_PHONE = re.compile(
-    r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?![\w.])"
-)
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from vllm_canary.server.redact import Redactor
+
+# Top-level fields that are the server's own metadata, never client text.
+REDACT_SKIP = frozenset({"ts", "request_id", "version", "model", "host", "endpoint", "status",
+                         "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "opt_out",
+                         "redacted", "finish_reason", "shadow", "repaired"})
+OUTCOMES = ("written", "repaired", "dropped", "failed")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_REDACTOR = Redactor()
 
 
 def redact(text: str) -> tuple[str, bool]:
-    """Mask e-mail addresses, API-key-like strings and phone numbers; report if any was."""
-    out = _EMAIL.sub("[EMAIL]", text)
-    out = _KEY.sub("[KEY]", out)
-    out = _PHONE.sub(lambda m: "[PHONE]" if sum(c.isdigit() for c in m[0]) >= 9 else m[0], out)
-    return out, out != text
+    """Mask PII and secrets in one text (see server/redact.py); report if any was."""
+    return _REDACTOR.text(text)
 
 
-def redact_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Redact the free-text fields of a record in place; sets `redacted`."""
+def _redact_value(value: Any, redactor: Redactor) -> tuple[Any, bool]:
+    if isinstance(value, str):
+        if value[:1] in ("{", "[") and value[-1:] in ("}", "]"):
+            # JSON in a string (tool-call arguments): masked in its decoded form, where an
+            # escaped quote cannot hide a quoted e-mail local part.
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                return redactor.text(value)
+            masked, hit = _redact_value(decoded, redactor)
+            return (json.dumps(masked, ensure_ascii=False) if hit else value), hit
+        return redactor.text(value)
+    if isinstance(value, dict):
+        hit = False
+        for key, item in value.items():
+            value[key], found = _redact_value(item, redactor)
+            hit |= found
+        return value, hit
+    if isinstance(value, list | tuple):
+        items, hit = [], False
+        for item in value:
+            masked, found = _redact_value(item, redactor)
+            items.append(masked)
+            hit |= found
+        return items, hit
+    return value, False
+
+
+def redact_record(record: dict[str, Any], redactor: Redactor = _REDACTOR) -> dict[str, Any]:
+    """Redact every string of a record in place (nested in messages, parts, tool calls,
+    parameters, ...), except the metadata in REDACT_SKIP; sets `redacted`."""
     changed = False
-    for key in ("prompt", "completion"):
-        if isinstance(record.get(key), str):
-            record[key], hit = redact(record[key])
-            changed |= hit
-    for message in record.get("messages") or []:
-        if isinstance(message.get("content"), str):
-            message["content"], hit = redact(message["content"])
+    for key, value in record.items():
+        if key not in REDACT_SKIP:
+            record[key], hit = _redact_value(value, redactor)
             changed |= hit
     record["redacted"] = changed
     return record
+
+
+def _repaired(value: Any) -> Any:
+    """A JSON-safe copy: lone surrogates become U+FFFD, NaN and infinities null, anything
+    JSON has no type for its str()."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_repaired(str(k)): _repaired(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_repaired(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _repaired(str(value))
+
+
+def encode_line(record: dict[str, Any]) -> tuple[bytes, bool]:
+    """The record as one UTF-8 JSON line, and whether it had to be repaired to be one."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return (text + "\n").encode("utf-8"), False
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        fixed = _repaired(record)
+        fixed["repaired"] = True
+        text = json.dumps(fixed, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return (text + "\n").encode("utf-8"), True
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -64,22 +124,37 @@ def sampled(request_id: str, rate: float) -> bool:
 
 
 class RequestLog:
-    """Appends records from any thread; `close()` flushes what is queued."""
+    """Appends records from any thread; `close()` flushes what is queued.
+
+    `counts` says what became of every record handed to `write`: written, repaired (written
+    after `encode_line` made it valid JSON), dropped (the queue was full) or failed (the
+    disk refused it); `register` exposes them as a Prometheus counter."""
 
     def __init__(self, directory: Path, version: str, *, redact: bool = True,
-                 sample_rate: float = 1.0, host: str | None = None) -> None:
+                 sample_rate: float = 1.0, host: str | None = None,
+                 redactor: Redactor | None = None) -> None:
         self.directory = Path(directory)
         self.version = version
         self.host = host or socket.gethostname()
         self.redact = redact
+        self.redactor = redactor or _REDACTOR
         self.sample_rate = sample_rate
-        self.dropped = 0
+        self.counts = dict.fromkeys(OUTCOMES, 0)
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=100_000)
         self._fd: int | None = None
         self._day = ""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Records not in the log: the queue was full or the write failed."""
+        return self.counts["dropped"] + self.counts["failed"]
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Expose `counts` as `vllm_canary_request_log_records_total{version, outcome}`."""
+        registry.register(_Counts(self))
 
     def path_for(self, day: str) -> Path:
         return self.directory / f"requests-{day}-{self.version}-{self.host}.jsonl"
@@ -89,7 +164,7 @@ class RequestLog:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
-            self.dropped += 1
+            self.counts["dropped"] += 1
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(None)
@@ -98,21 +173,22 @@ class RequestLog:
     def _run(self) -> None:
         while (record := self._queue.get()) is not None:
             try:
-                self._append(record)
-            except Exception:  # a bad record must not stop the writer
-                self.dropped += 1
+                self.counts["repaired" if self._append(record) else "written"] += 1
+            except Exception:  # a bad disk must not stop the writer; counted, not silent
+                self.counts["failed"] += 1
         if self._fd is not None:
             os.close(self._fd)
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any]) -> bool:
         if self.redact and not record.get("opt_out"):
-            redact_record(record)
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+            redact_record(record, self.redactor)
+        line, repaired = encode_line(record)
         day = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
         if day != self._day:
             self._open(day)
         assert self._fd is not None
-        os.write(self._fd, line.encode("utf-8"))
+        os.write(self._fd, line)
+        return repaired
 
     def _open(self, day: str) -> None:
         if self._fd is not None:
@@ -126,3 +202,20 @@ class RequestLog:
                 f.seek(size - 1)
                 if f.read(1) != b"\n":  # torn tail from a crash: start a fresh line
                     os.write(self._fd, b"\n")
+
+
+class _Counts(Collector):
+    """Reads a RequestLog's counts at scrape time (no lock: each is one int)."""
+
+    def __init__(self, log: RequestLog) -> None:
+        self.log = log
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "vllm_canary_request_log_records",
+            "Request-log records by outcome: written, repaired (made valid JSON, then "
+            "written), dropped (queue full), failed (the write failed).",
+            labels=("version", "outcome"))
+        for outcome, n in self.log.counts.items():
+            family.add_metric((self.log.version, outcome), n)
+        yield family
