@@ -43,14 +43,19 @@ BAD = [
         "spec.http[1].corsPolicy: is an Istio field the local gateway does not support",
     ),
     (
-        "weights not summing to 100",
-        lambda vs, dr: vs["http"][1]["route"][1].update(weight=20),
-        "spec.http[1].route: weights must sum to 100 (got v1=90, v2=20)",
+        "all weights zero (Istio: total destination weight = 0)",
+        lambda vs, dr: [d.update(weight=0) for d in vs["http"][1]["route"]],
+        "spec.http[1].route: total destination weight = 0",
     ),
     (
-        "weight out of range",
+        "negative weight (Istio: weight < 0)",
         lambda vs, dr: vs["http"][1]["route"][1].update(weight=-5),
-        "spec.http[1].route[1].weight: must be a number from 0 to 100",
+        "spec.http[1].route[1].weight: weight -5 < 0",
+    ),
+    (
+        "weight not a whole number",
+        lambda vs, dr: vs["http"][1]["route"][1].update(weight=2.5),
+        "spec.http[1].route[1].weight: must be a whole number",
     ),
     (
         "regex that does not compile",
@@ -80,8 +85,8 @@ BAD = [
     ),
     (
         "unknown retry condition",
-        lambda vs, dr: vs["http"][1].update(retries={"retryOn": "5xx,oops"}),
-        "unknown retry condition 'oops'",
+        lambda vs, dr: vs["http"][1].update(retries={"attempts": 2, "retryOn": "5xx,oops"}),
+        "spec.http[1].retries.retryOn: 'oops' is not a valid retryOn policy",
     ),
     (
         "no route list",
@@ -106,7 +111,7 @@ BAD = [
     (
         "mirror and mirrors together",
         lambda vs, dr: vs["http"][1].update(mirror={"host": HOST}, mirrors=[]),
-        "use either mirror or mirrors",
+        "spec.http[1].mirrors: HTTP route cannot contain both mirror and mirrors",
     ),
 ]
 

@@ -227,8 +227,19 @@ def test_fault_abort_percentage() -> None:
     assert abs(aborts - 2_000) < 200
 
 
-def test_fault_delay_always_without_percentage() -> None:
-    t = table(f"""    - fault: {{delay: {{fixedDelay: 1.5s}}}}
+def test_fault_without_percentage_injects_nothing() -> None:
+    """Istio leaves Envoy's percentage at 0 when none is given (istio/istio#36303, #39969):
+    neither the delay nor the abort ever fires; the old docs said 100%."""
+    t = table(f"""    - fault: {{delay: {{fixedDelay: 1.5s}}, abort: {{httpStatus: 503}}}}
+      route: [{to("v1")}]""")
+    rng = random.Random(0)
+    for _ in range(200):
+        d = decide(t, req(), rng)
+        assert d.delay is None and d.abort_status is None and d.destination.subset == "v1"
+
+
+def test_fault_delay_with_percentage_100() -> None:
+    t = table(f"""    - fault: {{delay: {{fixedDelay: 1.5s, percentage: {{value: 100}}}}}}
       route: [{to("v1")}]""")
     d = decide(t, req(), random.Random(0))
     assert d.delay == 1.5 and d.abort_status is None and d.destination.subset == "v1"
@@ -272,7 +283,8 @@ def test_retries_timeout_and_headers_compile() -> None:
 
 def test_default_retry_policy_is_istios() -> None:
     route = table(f"    - route: [{to('v1')}]").virtual_hosts[0].routes[0]
-    assert route.retries.attempts == 2 and route.retries.status_codes == {503}
+    # Istio >= 1.24 no longer retries a 503 answer by default (retry.go, #56023).
+    assert route.retries.attempts == 2 and route.retries.status_codes == frozenset()
     assert "connect-failure" in route.retries.retry_on
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from http import HTTPStatus
 from typing import Any
 
 from vllm_canary.gateway import istio_fields as F
@@ -129,7 +129,8 @@ def _route(o: Checker, raw: Any, path: str, index: int, services: dict[str, Serv
 
 def _match(o: Checker, raw: Any, path: str) -> MatchBlock:
     m = o.fields(raw, path, F.MATCH, F.MATCH_ISTIO)
-    one = {k: o.string_match(m[k], f"{path}.{k}") for k in ("uri", "method", "authority") if k in m}
+    one = {k: o.string_match(m[k], f"{path}.{k}", k)
+           for k in ("uri", "method", "authority") if k in m}
     ignore_case = m.get("ignoreUriCase", False)
     if not isinstance(ignore_case, bool):
         o.fail(f"{path}.ignoreUriCase", "must be true or false")
@@ -139,10 +140,11 @@ def _match(o: Checker, raw: Any, path: str) -> MatchBlock:
         ignore_uri_case=ignore_case,
         method=one.get("method"),
         authority=one.get("authority"),
-        headers=o.string_map(m["headers"], f"{path}.headers", True) if "headers" in m else (),
-        without_headers=o.string_map(m["withoutHeaders"], f"{path}.withoutHeaders", True)
-        if "withoutHeaders" in m else (),
-        query_params=o.string_map(m["queryParams"], f"{path}.queryParams", True)
+        headers=o.string_map(m["headers"], f"{path}.headers", "headers")
+        if "headers" in m else (),
+        without_headers=o.string_map(m["withoutHeaders"], f"{path}.withoutHeaders",
+                                     "withoutHeaders") if "withoutHeaders" in m else (),
+        query_params=o.string_map(m["queryParams"], f"{path}.queryParams", "queryParams")
         if "queryParams" in m else (),
     )
 
@@ -168,38 +170,47 @@ def _destination(o: Checker, raw: Any, path: str, services: dict[str, Service],
 
 def _weighted(o: Checker, dests: list[Any], path: str,
               services: dict[str, Service]) -> tuple[Destination, ...]:
+    """Destinations with relative weights (Istio >= 1.15, istio/istio#36069): any whole
+    numbers >= 0, shares = weight / total. As Istio's validateHTTPRouteDestinations: a negative
+    weight is refused, and so is a total of 0 over several destinations; a lone destination
+    takes all traffic whatever its weight (Istio does not make it a weighted cluster)."""
     out = []
     for i, raw in enumerate(dests):
         rd = o.fields(raw, f"{path}[{i}]", F.ROUTE_DEST)
-        weight = int(o.number(rd.get("weight", 0), f"{path}[{i}].weight", 0, 100))
-        if "weight" in rd and not isinstance(rd["weight"], int):
-            o.fail(f"{path}[{i}].weight", "must be a whole number")
+        weight = o.integer(rd.get("weight", 0), f"{path}[{i}].weight")
+        if weight < 0:
+            o.fail(f"{path}[{i}].weight", f"weight {weight} < 0 (Istio's validation)")
         headers = _header_ops(o, rd.get("headers"), f"{path}[{i}].headers")
         out.append(_destination(o, rd.get("destination"), f"{path}[{i}].destination", services,
                                 weight, headers))
-    if len(out) == 1:  # a lone destination takes all traffic, whatever its weight says
-        out[0] = replace(out[0], weight=100)
-    elif sum(d.weight for d in out) != 100:
-        weights = ", ".join(f"{d.subset or d.host}={d.weight}" for d in out)
-        o.fail(path, f"weights must sum to 100 (got {weights})")
+    if len(out) > 1 and sum(d.weight for d in out) == 0:
+        o.fail(path, "total destination weight = 0 (Istio's validation; give at least one "
+               "destination a weight above 0)")
     return tuple(out)
 
 
 def _mirrors(o: Checker, r: dict[str, Any], path: str,
              services: dict[str, Service]) -> tuple[Mirror, ...]:
+    """`mirror` with `mirrorPercentage` (or the deprecated integer `mirrorPercent`), or
+    `mirrors`: no percentage mirrors 100%, an explicit 0 mirrors nothing (Istio route.go
+    MirrorPercent)."""
     if "mirror" in r and "mirrors" in r:
-        o.fail(f"{path}.mirrors", "use either mirror or mirrors, not both")
+        o.fail(f"{path}.mirrors", "HTTP route cannot contain both mirror and mirrors "
+               "(Istio's validation)")
     if "mirror" in r:
         pct = 100.0
-        if "mirrorPercentage" in r:
-            pct = o.percentage(r["mirrorPercentage"], f"{path}.mirrorPercentage")
         for key in ("mirrorPercent", "mirror_percent"):
             if key in r:
-                pct = o.number(r[key], f"{path}.{key}", 0, 100)
+                pct = float(o.integer(r[key], f"{path}.{key}", 0, 100))
+        if "mirrorPercentage" in r:  # Istio reads mirrorPercentage first
+            pct = o.percentage(r["mirrorPercentage"], f"{path}.mirrorPercentage")
         return (Mirror(_destination(o, r["mirror"], f"{path}.mirror", services), pct),)
     mirrors = []
     for i, raw in enumerate(o.items(r.get("mirrors"), f"{path}.mirrors")):
         m = o.fields(raw, f"{path}.mirrors[{i}]", F.MIRRORS_ITEM)
+        if m.get("destination") is None:
+            o.fail(f"{path}.mirrors[{i}].destination", "destination is required for mirrors "
+                   "(Istio's validation)")
         pct = o.percentage(m["percentage"], f"{path}.mirrors[{i}].percentage") \
             if "percentage" in m else 100.0
         dest = _destination(o, m.get("destination"), f"{path}.mirrors[{i}].destination", services)
@@ -208,21 +219,34 @@ def _mirrors(o: Checker, r: dict[str, Any], path: str,
 
 
 def _retries(o: Checker, raw: Any, path: str) -> Retries:
+    """Istio's ValidateHTTPRetry and retry.ConvertPolicy: `attempts` absent is 0, and 0
+    disables retries (then perTryTimeout or retryOn is refused); retryOn is split on "," as
+    written (a space makes a part invalid) into Envoy conditions and known HTTP status codes;
+    a policy without retryOn keeps Istio's default conditions (no status codes)."""
     r = o.fields(raw, path, F.RETRIES, F.RETRIES_ISTIO)
     default = Retries()
-    attempts = int(o.number(r.get("attempts", default.attempts), f"{path}.attempts", 0, 100))
+    attempts = o.integer(r.get("attempts", 0), f"{path}.attempts")
+    if attempts < 0:
+        o.fail(f"{path}.attempts", "attempts cannot be negative (Istio's validation)")
+    if attempts == 0 and ("perTryTimeout" in r or r.get("retryOn")):
+        o.fail(f"{path}.attempts", "http retry policy configured when attempts are set to 0 "
+               "(disabled) (Istio's validation)")
     retry_on, codes = default.retry_on, default.status_codes
-    if "retryOn" in r:
+    if r.get("retryOn"):
         retry_on, found = set(), set()
         for part in o.string(r["retryOn"], f"{path}.retryOn").split(","):
-            part = part.strip()
-            if part.isdigit() and 100 <= int(part) <= 599:
-                found.add(int(part))
+            code = _atoi(part)
+            if code is not None and _status_text(code):
+                found.add(code)
                 retry_on.add("retriable-status-codes")
+            elif part in F.RETRY_ON_NOT_EXECUTED:
+                o.fail(f"{path}.retryOn", f"retry condition {part!r} is valid in Istio but the "
+                       "local gateway does not execute it; remove it")
             elif part in F.RETRY_ON:
                 retry_on.add(part)
-            elif part:
-                o.fail(f"{path}.retryOn", f"unknown retry condition {part!r}")
+            else:
+                o.fail(f"{path}.retryOn", f"{part!r} is not a valid retryOn policy "
+                       "(Istio's validation)")
         retry_on, codes = frozenset(retry_on), frozenset(found)
     return Retries(
         attempts=attempts,
@@ -234,23 +258,53 @@ def _retries(o: Checker, raw: Any, path: str) -> Retries:
     )
 
 
+def _atoi(text: str) -> int | None:
+    """Go's strconv.Atoi: an optional sign and decimal digits, else None."""
+    body = text[1:] if text[:1] in ("+", "-") else text
+    return int(text) if body.isascii() and body.isdigit() else None
+
+
+def _status_text(code: int) -> bool:
+    """Does Go's net/http StatusText know `code` (Istio's test for a status code in retryOn)?
+    Python's HTTPStatus holds the same registered codes (100-103, 200-208, 226, 300-305,
+    307, 308, 400-418, 421-426, 428, 429, 431, 451, 500-508, 510, 511)."""
+    try:
+        HTTPStatus(code)
+    except ValueError:
+        return False
+    return True
+
+
 def _fault(o: Checker, raw: Any, path: str) -> Fault:
+    """Istio's validateHTTPFaultInjection and route.go TranslateFault: at least one of abort
+    and delay; a percentage absent injects nothing (istio/istio#36303, #39969); a delay with
+    only the deprecated integer `percent` uses it; an abort without httpStatus, or a delay
+    without fixedDelay, injects nothing; Envoy refuses httpStatus outside [200, 600)."""
     f = o.fields(raw, path, F.FAULT)
-    delay = delay_pct = abort = None
-    abort_pct = 100.0
-    if "delay" in f:
+    if f.get("delay") is None and f.get("abort") is None:
+        o.fail(path, "HTTP fault injection must have an abort and/or a delay "
+               "(Istio's validation)")
+    delay = abort = None
+    delay_pct = abort_pct = 0.0
+    if f.get("delay") is not None:
         d = o.fields(f["delay"], f"{path}.delay", F.DELAY, F.DELAY_ISTIO)
-        delay = o.duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay")
+        if "fixedDelay" in d:
+            delay = o.duration(d["fixedDelay"], f"{path}.delay.fixedDelay")
         if "percentage" in d:
-            delay_pct = o.percentage(d["percentage"], f"{path}.delay.percentage")
-        else:
-            delay_pct = o.number(d.get("percent", 100), f"{path}.delay.percent", 0, 100)
-    if "abort" in f:
+            delay_pct = o.percentage(d["percentage"], f"{path}.delay.percentage", fault=True)
+        elif "percent" in d:  # int32 cast to uint32, out of 100 (Envoy caps at 100%)
+            percent = o.integer(d["percent"], f"{path}.delay.percent")
+            delay_pct = 100.0 if percent < 0 else float(min(percent, 100))
+    if f.get("abort") is not None:
         a = o.fields(f["abort"], f"{path}.abort", F.ABORT, F.ABORT_ISTIO)
-        abort = int(o.number(a.get("httpStatus"), f"{path}.abort.httpStatus", 200, 599))
+        if "httpStatus" in a:
+            abort = o.integer(a["httpStatus"], f"{path}.abort.httpStatus")
+            if not 200 <= abort <= 599:
+                o.fail(f"{path}.abort.httpStatus", f"HTTP status {abort} is not in range "
+                       "200-599 (Istio's validation; Envoy refuses 600 too)")
         if "percentage" in a:
-            abort_pct = o.percentage(a["percentage"], f"{path}.abort.percentage")
-    return Fault(delay, 100.0 if delay_pct is None else delay_pct, abort, abort_pct)
+            abort_pct = o.percentage(a["percentage"], f"{path}.abort.percentage", fault=True)
+    return Fault(delay, delay_pct, abort, abort_pct)
 
 
 def _header_ops(o: Checker, raw: Any, path: str) -> HeaderOps:

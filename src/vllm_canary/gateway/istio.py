@@ -26,6 +26,9 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Python's `re` accepts these but RE2 (Envoy) rejects them: refuse them so both agree.
 _NOT_RE2 = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
+# Istio's validHeaderNameRegex (an RFC 7230 token), plus HTTP/2 pseudo headers.
+_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+|:(method|scheme|authority|path|status)")
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class RoutesError(UserError):
@@ -80,18 +83,35 @@ def load_file(path: Path) -> IstioObjects:
 
 
 def parse_duration(text: Any, where: str) -> float:
-    """Seconds from an Istio/Go duration such as `1.5s`, `300ms` or `1m30s`."""
+    """Seconds from a Go duration as the CRD's CEL `duration()` reads it: `1.5s`, `300ms`,
+    `1m30s`, a sign allowed, `0` alone. Raises ValueError naming `where`."""
     if not isinstance(text, str) or not text:
         raise ValueError(f"{where}: must be a duration such as 10s or 250ms")
+    body = text[1:] if text[0] in "+-" else text
+    sign = -1.0 if text[0] == "-" else 1.0
+    if body == "0":
+        return 0.0
     pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
+    for m in _DURATION.finditer(body):
         if m.start() != pos:
             break
         total += float(m.group(1)) * _UNIT[m.group(2)]
         pos = m.end()
-    if pos != len(text):
+    if pos != len(body) or not body:
         raise ValueError(f"{where}: {text!r} is not a duration such as 10s or 250ms")
-    return total
+    return sign * total
+
+
+def check_duration(seconds: float, where: str) -> float:
+    """Istio's ValidateDuration (pkg/config/validation/agent/validation.go): at least 1ms and
+    a whole number of milliseconds. Raises ValueError naming `where`."""
+    ms = seconds * 1000
+    if ms < 1 - 1e-9:
+        raise ValueError(f"{where}: duration must be greater than 1ms (Istio's validation)")
+    if abs(ms - round(ms)) > 1e-6:
+        raise ValueError(f"{where}: only durations to ms precision are supported "
+                         "(Istio's validation)")
+    return round(ms) / 1000
 
 
 class Checker:
@@ -138,24 +158,46 @@ class Checker:
             self.fail(path, f"must be a number from {lo:g} to {hi:g}")
         return float(node)
 
+    def integer(self, node: Any, path: str, lo: int = INT32_MIN, hi: int = INT32_MAX) -> int:
+        """A whole number (the CRD's int32 unless told); a float like 2.0 counts as whole."""
+        if isinstance(node, bool) or not isinstance(node, int | float) or node != int(node):
+            self.fail(path, "must be a whole number")
+        if not lo <= node <= hi:
+            self.fail(path, f"must be a whole number from {lo} to {hi}")
+        return int(node)
+
     def duration(self, node: Any, path: str) -> float:
+        """A duration that passes Istio's ValidateDuration (>= 1ms, whole milliseconds)."""
         try:
-            return parse_duration(node, path)
+            return check_duration(parse_duration(node, path), path)
         except ValueError as exc:
             raise RoutesError(f"{self.label}: {exc}") from None
 
-    def string_match(self, node: Any, path: str, allow_present: bool = False) -> StringMatch:
+    def string_match(self, node: Any, path: str, where: str) -> StringMatch:
+        """An Istio StringMatch checked as validateStringMatch does for `where` (uri, method,
+        authority, headers, withoutHeaders, queryParams). `{}` (no match type) is a presence
+        match, as Istio translates it (uri: prefix `/`, i.e. every path); an empty prefix is
+        refused except for uri; regex `*` is a presence match in withoutHeaders only."""
         self.fields(node, path, F.STRING_MATCH)
         if not node:
-            if allow_present:
-                return StringMatch("present")
-            self.fail(path, "needs one of exact, prefix, regex")
+            return StringMatch("prefix", "/") if where == "uri" else StringMatch("present")
         if len(node) != 1:
             self.fail(path, "takes exactly one of exact, prefix, regex")
         kind, value = next(iter(node.items()))
         value = self.string(value, f"{path}.{kind}")
+        if kind == "prefix" and not value and where != "uri":
+            self.fail(f"{path}.prefix", f"{where}: prefix string match should not be empty "
+                      "(Istio's validation)")
         if kind != "regex":
             return StringMatch(kind, value)
+        if value == "*" and where == "withoutHeaders":
+            return StringMatch("present")
+        if not value:
+            self.fail(f"{path}.regex", f"{where}: regex string match should not be empty "
+                      "(Istio's validation)")
+        if len(value) > 1024:
+            self.fail(f"{path}.regex", f"{where}: regex is too large, max length allowed is "
+                      "1024 (Istio's validation)")
         if _NOT_RE2.search(value):
             self.fail(f"{path}.regex", "uses lookaround or backreferences, which RE2 lacks")
         try:
@@ -163,14 +205,28 @@ class Checker:
         except re.error as exc:
             self.fail(f"{path}.regex", f"does not compile: {exc}")
 
-    def string_map(
-        self, node: Any, path: str, present: bool
-    ) -> tuple[tuple[str, StringMatch], ...]:
+    def string_map(self, node: Any, path: str, where: str) -> tuple[tuple[str, StringMatch], ...]:
         if not isinstance(node, dict):
             self.fail(path, "must be a mapping of name: match")
-        return tuple((str(k).lower(), self.string_match(v or {}, f"{path}.{k}", present))
-                     for k, v in node.items())
+        out = []
+        for k, v in node.items():
+            name = str(k)
+            if name.startswith("@request.auth.claims"):
+                self.fail(f"{path}.{name}", "JWT claim matching is an Istio feature the local "
+                          "gateway does not support")
+            if where != "queryParams" and not _HEADER_NAME.fullmatch(name):
+                self.fail(f"{path}.{name}", f"header name {name} is not a valid header name "
+                          "(Istio's validation)")
+            out.append((name.lower() if where != "queryParams" else name,
+                        self.string_match(v or {}, f"{path}.{name}", where)))
+        return tuple(out)
 
-    def percentage(self, node: Any, path: str) -> float:
+    def percentage(self, node: Any, path: str, fault: bool = False) -> float:
+        """A Percent `{value}` in 0..100; a fault's must also be 0 or at least 0.0001
+        (Istio's validatePercentage)."""
         self.fields(node, path, F.PERCENT)
-        return self.number(node.get("value", 0.0), f"{path}.value", 0, 100)
+        value = self.number(node.get("value", 0.0), f"{path}.value", 0, 100)
+        if fault and 0 < value < 0.0001:
+            self.fail(f"{path}.value", f"percentage {value} is neither 0.0, nor in range "
+                      "[0.0001, 100.0] (Istio's validation)")
+        return value

@@ -55,9 +55,15 @@ OUTLIER_ISTIO = frozenset({
     "splitExternalLocalOriginErrors",
 })
 
-# Envoy retry conditions for HTTP; gRPC ones never fire on HTTP/1 JSON answers, as in Envoy.
+# Istio's supportedRetryOnPolicies (pkg/config/validation/agent/validation.go) that the proxy
+# executes. refused-stream (an HTTP/2 REFUSED_STREAM), http3-post-connect-failure and the gRPC
+# ones (they read a grpc-status answer header) never fire on the HTTP/1.1 OpenAI upstreams the
+# gateway relays to, exactly as in Envoy, so they are accepted and do nothing.
 RETRY_ON = frozenset({
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
-    "retriable-4xx", "refused-stream", "retriable-status-codes", "envoy-ratelimited",
+    "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
+    "retriable-status-codes", "http3-post-connect-failure",
     "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
 })
+# Valid in Istio, but the local gateway does not execute them: refused at load time.
+RETRY_ON_NOT_EXECUTED = frozenset({"retriable-headers", "reset-before-request",
+                                   "envoy-ratelimited"})
