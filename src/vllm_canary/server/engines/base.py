@@ -12,6 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Kind = Literal["completion", "chat"]
+# A completion prompt: text, or token ids (OpenAI's "array of tokens").
+Prompt = str | tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the client offers (`tools[].function`): its name and JSON-Schema
+    `parameters` (an empty object schema when the client gave none)."""
+
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +33,7 @@ class GenerationRequest:
     kind: Kind
     model: str
     prompt: str
-    max_tokens: int
+    max_tokens: int | None  # None: what the context leaves (vLLM's chat default)
     messages: list[dict[str, Any]] | None = None
     temperature: float = 1.0
     top_p: float = 1.0
@@ -32,6 +43,41 @@ class GenerationRequest:
     request_id: str = ""
     # Fields an upstream understands that we pass through unchanged (e.g. logprobs).
     extra: dict[str, Any] = field(default_factory=dict)
+    # The request shapes the simulator answers (vLLM's semantics; see server/api.py).
+    prompts: tuple[Prompt, ...] = ()  # completions: one entry per prompt; () = (prompt,)
+    echo: bool = False
+    logprobs: int | None = None  # top-k alternatives per token; None = no logprobs
+    include_stop_str: bool = False
+    ignore_eos: bool = False
+    json_schema: dict[str, Any] | None = None  # response_format json_object/json_schema
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "none"  # "none" | "auto" | "required" | "function" (tool_name)
+    tool_name: str | None = None
+
+    def prompt_list(self) -> tuple[Prompt, ...]:
+        return self.prompts or (self.prompt,)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token's log-probability as vLLM's engine reports it: `top` is its logprob dict in
+    order, the sampled token first, then the top-k by rank, duplicates dropped
+    (vllm/logprobs.py append_logprobs_for_next_position). `logprob` is None (and `top`
+    empty) for the first prompt token of an echo, which has no context."""
+
+    token: str
+    logprob: float | None
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of one tool call: `id` and `name` on its first piece only."""
+
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +87,9 @@ class Delta:
     index: int
     text: str
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this delta reports (sim only)
+    stop_reason: str | None = None  # the stop string that ended the choice (vLLM's field)
+    tool_call: ToolCallDelta | None = None  # set instead of text for a tool call
 
 
 @dataclass(frozen=True, slots=True)
