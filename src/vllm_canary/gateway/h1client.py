@@ -9,6 +9,7 @@ chunks handed over as they arrive (SSE stays unbuffered), back-pressure on slow 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 
@@ -27,6 +28,10 @@ class ConnectFailure(UpstreamError):
 
 class Reset(UpstreamError):
     """The connection broke (Envoy: UC)."""
+
+
+class Silent(UpstreamError):
+    """The upstream sent nothing for too long (`Response.expire`)."""
 
 
 class _Conn(asyncio.Protocol):
@@ -48,6 +53,8 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = True
         self.need_crlf = False
         self.head_only = False
+        self.last = time.monotonic()  # when the upstream last sent bytes (Response.idle_for)
+        self.reused = False  # taken from the pool's idle list
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -56,7 +63,7 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if self.mode == "close":
             self.mode = "done"
-        elif self.mode != "done":
+        elif self.mode != "done" and self.error is None:
             self.error = Reset("upstream closed the connection")
         if self.head is not None and not self.head.done():
             self.head.set_exception(Reset("upstream closed the connection before answering"))
@@ -70,9 +77,11 @@ class _Conn(asyncio.Protocol):
         self.head = asyncio.get_running_loop().create_future()
         self.head_only, self.mode, self.need_crlf, self.error = head_only, "head", False, None
         self.buf.clear()
+        self.last = time.monotonic()
         return self.head
 
     def data_received(self, data: bytes) -> None:
+        self.last = time.monotonic()
         self.buf += data
         try:
             self._parse()
@@ -196,6 +205,28 @@ class Response:
         length = headers.get("content-length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
 
+    async def next_chunk(self) -> bytes | None:
+        """The next body bytes as they arrived, or None at the end of the answer; raises
+        UpstreamError when the answer broke off (or was `expire`d)."""
+        conn = self._conn
+        assert conn is not None
+        return await conn.next_chunk(self.idle_timeout)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the upstream last sent bytes (`now` from time.monotonic())."""
+        return 0.0 if self._conn is None else now - self._conn.last
+
+    def expire(self, message: str) -> None:
+        """Give up on a silent upstream: the reader gets Silent(message), the connection
+        closes (which cancels the upstream request)."""
+        conn = self._conn
+        if conn is None or conn.mode == "done":
+            return
+        conn.error = Silent(message)
+        conn._wake()
+        if conn.transport is not None:
+            conn.transport.close()
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         assert conn is not None
@@ -227,12 +258,18 @@ class Response:
 
 
 class Pool:
-    """Keep-alive connections to one upstream host:port."""
+    """Keep-alive connections to one upstream host:port.
+
+    `idle_timeout` bounds each wait for body bytes (None: no timer; the caller may watch with
+    `Response.idle_for` instead). With `retry_stale`, a request on a pooled connection that the
+    upstream closed before answering (its keep-alive timeout raced our reuse; uvicorn's is 5 s)
+    is sent once more on a new connection, as urllib3 and aiohttp do.
+    """
 
     def __init__(self, host: str, port: int, connect_timeout: float = 10.0,
                  idle_timeout: float | None = 300.0, max_idle: int = 512,
-                 tls: bool = False) -> None:
-        self.host, self.port, self.tls = host, port, tls
+                 tls: bool = False, retry_stale: bool = False) -> None:
+        self.host, self.port, self.tls, self.retry_stale = host, port, tls, retry_stale
         self.connect_timeout, self.idle_timeout, self.max_idle = (
             connect_timeout, idle_timeout, max_idle)
         self.idle: list[_Conn] = []
@@ -243,10 +280,11 @@ class Pool:
         elif conn.transport is not None:
             conn.transport.close()
 
-    async def _get(self) -> _Conn:
-        while self.idle:
+    async def _get(self, reuse: bool = True) -> _Conn:
+        while self.idle and reuse:
             conn = self.idle.pop()
             if not conn.closed:
+                conn.reused = True
                 return conn
         loop = asyncio.get_running_loop()
         try:
@@ -261,21 +299,31 @@ class Pool:
     async def request(self, method: str, target: str, headers: Mapping[str, str],
                       body: bytes) -> Response:
         """Send one request; returns once the status line and headers arrived."""
-        conn = await self._get()
         head = [f"{method} {target} HTTP/1.1"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         if body or method in ("POST", "PUT", "PATCH"):
             head.append(f"Content-Length: {len(body)}")
-        waiter = conn.start(head_only=method == "HEAD")
-        assert conn.transport is not None
-        conn.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        try:
-            status, resp_headers = await waiter
-        except BaseException:
-            if conn.transport is not None:
-                conn.transport.close()
-            raise
-        return Response(conn, status, resp_headers, self.idle_timeout)
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        reuse = True
+        while True:
+            conn = await self._get(reuse)
+            waiter = conn.start(head_only=method == "HEAD")
+            assert conn.transport is not None
+            conn.transport.write(data)
+            try:
+                status, resp_headers = await waiter
+            except Reset:
+                if conn.transport is not None:
+                    conn.transport.close()
+                if not (self.retry_stale and conn.reused and not conn.buf):
+                    raise
+                reuse = False
+                continue
+            except BaseException:
+                if conn.transport is not None:
+                    conn.transport.close()
+                raise
+            return Response(conn, status, resp_headers, self.idle_timeout)
 
     def close(self) -> None:
         for conn in self.idle:

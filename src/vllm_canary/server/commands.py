@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", help="served model name")
     p.add_argument("--model", help="vllm: model directory or name")
     p.add_argument("--upstream", help="upstream: OpenAI-compatible base URL")
+    p.add_argument("--upstream-timeout", type=float,
+                   help="vllm/upstream: seconds of upstream silence before a 504 (default 600)")
     p.add_argument("--vllm-python", help="vllm: Python that has vLLM installed")
     p.add_argument("--startup-timeout", type=float, help="vllm: seconds to wait for readiness")
     p.add_argument("--error-rate", type=float, help="sim: fraction of requests that fail")

@@ -59,6 +59,12 @@ class ServerMetrics:
             "vllm_engine_ready", "1 when the engine is ready to serve.",
             [*LABELS, "engine"], registry=registry,
         ).labels(engine=engine, **self._labels)
+        # Every relayed request (engines vllm and upstream) by vLLM route: `endpoint` is one of
+        # observe.VLLM_ROUTES or "other", so the label stays bounded whatever clients send.
+        self.api_requests = Counter(
+            "vllm_api_requests", "Relayed requests, by vLLM endpoint and HTTP status code.",
+            [*LABELS, "endpoint", "status"], registry=registry,
+        )
         # Pre-create the statuses we answer with: Prometheus' increase()/rate() count from a
         # series' first sample, so errors that appear between two scrapes would be lost.
         for status in EXPECTED_STATUSES:
@@ -66,3 +72,7 @@ class ServerMetrics:
 
     def count(self, status: int) -> None:
         self.requests.labels(status=str(status), **self._labels).inc()
+
+    def count_api(self, endpoint: str, status: int) -> None:
+        """One relayed request; `endpoint` must come from observe.endpoint_label."""
+        self.api_requests.labels(endpoint=endpoint, status=str(status), **self._labels).inc()

@@ -22,6 +22,9 @@ class ServeSettings(BaseModel):
     model_name: str | None = None  # served model name; default per engine
     model: str | None = None  # vllm: model directory or name
     upstream: str | None = None  # upstream: OpenAI-compatible base URL
+    # vllm/upstream: seconds the upstream may stay silent (before its answer's head, or between
+    # two body reads) before the front gives up with a 504
+    upstream_timeout: float = Field(default=600.0, gt=0.0)
     log_dir: Path | None = None  # request log; None disables it
     log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     log_redact: bool = True

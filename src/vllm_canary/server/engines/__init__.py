@@ -1,10 +1,13 @@
-"""Engines behind the model server, built from settings by name (a dict factory)."""
+"""Engines behind the model server, built from settings by name (a dict factory): `sim` is an
+Engine served by the OpenAI front (server/app.py); `vllm` and `upstream` are Relayed backends
+that the relay front (server/relay.py) forwards to."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from vllm_canary.server.engines.base import Engine
+from vllm_canary.server.engines.upstream import Relayed
 from vllm_canary.server.settings import ServeSettings
 
 
@@ -18,14 +21,14 @@ def _sim(s: ServeSettings) -> Engine:
     return SimEngine(s.version, s.served_model_name(), profile, seed=s.seed)
 
 
-def _upstream(s: ServeSettings) -> Engine:
+def _upstream(s: ServeSettings) -> Relayed:
     from vllm_canary.server.engines.upstream import UpstreamEngine
 
     assert s.upstream is not None
     return UpstreamEngine(s.upstream, model_name=s.model_name)
 
 
-def _vllm(s: ServeSettings) -> Engine:
+def _vllm(s: ServeSettings) -> Relayed:
     from vllm_canary.server.engines.vllm import VllmEngine
 
     assert s.model is not None
@@ -36,12 +39,12 @@ def _vllm(s: ServeSettings) -> Engine:
     )
 
 
-ENGINES: dict[str, Callable[[ServeSettings], Engine]] = {
+ENGINES: dict[str, Callable[[ServeSettings], Engine | Relayed]] = {
     "sim": _sim,
     "upstream": _upstream,
     "vllm": _vllm,
 }
 
 
-def build_engine(settings: ServeSettings) -> Engine:
+def build_engine(settings: ServeSettings) -> Engine | Relayed:
     return ENGINES[settings.engine](settings)

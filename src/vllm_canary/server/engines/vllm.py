@@ -1,10 +1,10 @@
-"""The `vllm` engine: run vLLM's own OpenAI server as a supervised child and front it.
+"""The `vllm` engine: run vLLM's own OpenAI server as a supervised child; the relay front
+(server/relay.py) forwards every request to it, bytes unchanged.
 
 The child is `<python> -m vllm.entrypoints.openai.api_server` on a loopback port; we are ready
 only once its /health answers 200, and if it dies we turn unhealthy and tell the front (the
 `failed` event, `on_exit` or `wait_exit()`) so the server exits non-zero instead of serving
-errors forever.
-Requests are delegated to an UpstreamEngine pointed at the child.
+errors forever. An UpstreamEngine pointed at the child probes it for hangs once ready.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
 
 from ... import procs
 from ...errors import UserError
-from .base import EngineError, Event, GenerationRequest
+from .base import EngineError
 from .upstream import UpstreamEngine
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,6 @@ class VllmEngine:
         log_file: str | Path | None = None,
         env: Mapping[str, str] | None = None,
         on_exit: Callable[[int], None] | None = None,
-        timeout: float = 600.0,
-        max_connections: int = 1000,
     ) -> None:
         # A local folder, or a hub name passed on to vLLM as it is.
         self.model_dir = Path(model_dir).expanduser()
@@ -105,8 +103,6 @@ class VllmEngine:
         self.log_file = Path(log_file) if log_file else None
         self.env = dict(env or {})
         self.on_exit = on_exit
-        self.timeout = timeout
-        self.max_connections = max_connections
         self.proc: subprocess.Popen[bytes] | None = None
         self._upstream: UpstreamEngine | None = None
         self._child_ready = False
@@ -164,8 +160,6 @@ class VllmEngine:
         self._upstream = UpstreamEngine(
             self.base_url,
             model_name=self.model_name,
-            timeout=self.timeout,
-            max_connections=self.max_connections,
             # The supervisor already watches the process; probes only catch a hung server,
             # and each one is a line in vLLM's access log.
             health_interval=5.0,
@@ -245,16 +239,6 @@ class VllmEngine:
 
     def model_names(self) -> list[str]:
         return [self.model_name]
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        if self._upstream is None or not self.ready():
-            raise EngineError(503, "vLLM is not ready (starting, or its process exited)")
-        events = self._upstream.generate(request)
-        try:
-            async for event in events:
-                yield event
-        finally:  # close the upstream stream now, not when the garbage collector gets to it
-            await events.aclose()
 
 
 def _end_group(pgid: int, grace: float) -> None:

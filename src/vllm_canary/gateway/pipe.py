@@ -1,0 +1,58 @@
+"""The one relay core, shared by the gateway's proxy and the model server's relay front: the
+headers a hop forwards, and an upstream answer piped to the client chunk by chunk, unbuffered,
+bytes unchanged. What each adds (routing and Istio telemetry; the seed's metrics and the
+request log) sits around it as a policy or as an observer of the chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from multidict import CIMultiDict
+
+from vllm_canary.gateway.h1client import Response, Silent, UpstreamError
+from vllm_canary.gateway.h1server import Incoming
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the framing a hop recomputes (content-length).
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "content-length",
+})
+
+
+def forwardable(headers: Iterable[tuple[str, str]], extra_hop: str = "") -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers (and those the Connection header names)."""
+    drop = HOP_BY_HOP | {h.strip().lower() for h in extra_hop.split(",") if h.strip()} \
+        if extra_hop else HOP_BY_HOP
+    return CIMultiDict([(k, v) for k, v in headers if k.lower() not in drop])
+
+
+async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
+               on_chunk: Callable[[bytes], None] | None = None) -> str:
+    """Answer `request` with `resp`'s status, `headers` and body, each chunk written as it
+    arrives (with back-pressure) and shown to `on_chunk` first.
+
+    Returns "" on a clean end, "UC" when the upstream broke mid-answer, "UT" when it went silent
+    (`Response.expire`) and "DC" when the client went away (Envoy's flags); in the last three
+    the client's connection is cut, so it sees a truncated answer, never a clean end. The
+    upstream response is released or closed either way; a cancellation (the client
+    disconnected) closes it, which cancels the upstream request.
+    """
+    try:
+        request.start(resp.status, headers, resp.content_length)
+        while (chunk := await resp.next_chunk()) is not None:
+            if on_chunk is not None:
+                on_chunk(chunk)
+            await request.write(chunk)
+    except (UpstreamError, OSError) as exc:
+        resp.close()
+        request.abort()
+        if isinstance(exc, UpstreamError):
+            return "UT" if isinstance(exc, Silent) else "UC"
+        return "DC"
+    except BaseException:
+        resp.close()
+        raise
+    resp.release()
+    request.end()
+    return ""
