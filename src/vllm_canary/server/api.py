@@ -6,11 +6,11 @@ Requests are validated here once; a bad one becomes an `ApiError` that the front
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vllm_canary.server import jsonlimits
 from vllm_canary.server.engines.base import EngineError, GenerationRequest, Kind
 
 
@@ -106,15 +106,20 @@ def render_chat(messages: list[Message]) -> str:
 
 def decode_json(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, whatever content-type the client sent (curl -d sends
-    form-urlencoded by default and the seed's commands rely on it being read as JSON)."""
+    form-urlencoded by default and the seed's commands rely on it being read as JSON).
+
+    Decoded under server/jsonlimits.py's rules (strict UTF-8, no lone surrogates, no NaN, a
+    number must fit a double, nesting at most 64 deep): any other body is a 400 ApiError
+    with code `invalid_json`, never an exception of another type."""
     if not raw.strip():
-        raise ApiError(400, "request body is empty; send a JSON object")
+        raise ApiError(400, "request body is empty; send a JSON object", code="invalid_json")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        data = jsonlimits.loads(raw)
+    except jsonlimits.JsonLimitError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     return data
 
 
