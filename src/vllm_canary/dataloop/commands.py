@@ -1,5 +1,5 @@
 """Sub-commands of the dataloop area (registered by vllm_canary.cli): `sample`,
-`labelstudio export|push|pull`, `evaluate` and `loop daily`."""
+`shadow report`, `labelstudio export|push|pull`, `evaluate` and `loop daily`."""
 
 from __future__ import annotations
 
@@ -67,13 +67,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
-    check_policy(args.concurrency, args.timeout, args.retries)
     day = parse_day(args.date, today())
-    targets = _targets(args)
-    make_dir(args.out)
-    policy = generate.Policy(args.concurrency, args.timeout, args.retries)
-    res = collect.run_sample(args.logs, day, args.n, targets, args.out,
-                             seed=args.seed, policy=policy)
+    if args.from_shadow:
+        from vllm_canary.dataloop import shadow
+
+        make_dir(args.out)
+        res = shadow.sample_pairs(args.logs, day, args.n, args.out, seed=args.seed)
+    else:
+        if not args.v1 or not args.v2:
+            raise UserError("sample needs --v1 and --v2 (the URLs that answer the prompts), "
+                            "or --from-shadow to take both answers from a dark launch's logs")
+        check_policy(args.concurrency, args.timeout, args.retries)
+        targets = _targets(args)
+        make_dir(args.out)
+        policy = generate.Policy(args.concurrency, args.timeout, args.retries)
+        res = collect.run_sample(args.logs, day, args.n, targets, args.out,
+                                 seed=args.seed, policy=policy)
     s = res.stats
     excluded = ", ".join(f"{k} {v}" for k, v in sorted(s.excluded.items())) or "none"
     print(f"read {s.lines} lines in {s.files} files ({s.invalid} invalid skipped; "
@@ -83,6 +92,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"warning: no request logs for {day} in {where}", file=sys.stderr)
     print(f"{res.path}: {res.items} items, {res.asked} asked now, "
           f"{res.failed_answers} failed answers")
+    return 0
+
+
+def cmd_shadow_report(args: argparse.Namespace) -> int:
+    from vllm_canary.dataloop import shadowreport
+
+    if args.baseline == args.candidate:
+        raise UserError(f"--baseline and --candidate are both {args.baseline!r}")
+    day = parse_day(args.date, today())
+    make_dir(args.out)
+    report = shadowreport.build(args.logs, day, args.baseline, args.candidate)
+    paths = shadowreport.write(report, args.out)
+    s = report.summary
+    reasons = ", ".join(f"{k} {v}" for k, v in s["unpaired_by_reason"].items() if v) or "none"
+    print(f"{s['pairs']} pairs, {s['unpaired']} unpaired ({reasons})")
+    if s["pairs"]:
+        print(f"exact match {s['exact_match']['rate']:.1%}, similarity "
+              f"{s['similarity']['mean']:.3f}, {args.candidate} error rate "
+              f"{s['candidate_error_rate']['rate']:.1%}")
+    if s["stats"]["files"] == 0:
+        print(f"warning: no request logs for {day} in "
+              f"{' '.join(str(p) for p in args.logs)}", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -200,8 +232,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="request-log folder(s) of the servers (`serve --log-dir`)")
     p.add_argument("--date", help="UTC day YYYY-MM-DD (default: today)")
     p.add_argument("--n", type=int, default=100, help="prompts to sample (default 100)")
-    p.add_argument("--v1", required=True, help="base URL of the stable version")
-    p.add_argument("--v2", required=True, help="base URL of the candidate version")
+    p.add_argument("--v1", help="base URL of the stable version (not with --from-shadow)")
+    p.add_argument("--v2", help="base URL of the candidate version (not with --from-shadow)")
+    p.add_argument("--from-shadow", action="store_true",
+                   help="pairs from a dark launch: v1's served and v2's shadow answers as "
+                        "logged (no regeneration)")
     p.add_argument("--out", type=Path, default=Path("annotations"), help="output folder")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same sample)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
@@ -209,6 +244,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=2, help="retries on transient failures")
     p.add_argument("--model", help="model name to send (default: each server's default)")
     p.set_defaults(handler=cmd_sample)
+
+    sh = sub.add_parser("shadow", help="dark launch: compare v2's shadow answers with v1's")
+    sh_sub = sh.add_subparsers(dest="shadow_command", metavar="ACTION", required=True)
+    r = sh_sub.add_parser("report", help="pairs joined by request id → pairs.csv, "
+                          "summary.json, report.html")
+    r.add_argument("--logs", type=Path, nargs="+", required=True,
+                   help="request-log folder(s) of both servers")
+    r.add_argument("--date", help="UTC day YYYY-MM-DD (default: today)")
+    r.add_argument("--out", type=Path, default=Path("reports/shadow"), help="report folder")
+    r.add_argument("--baseline", default="v1", help="the served version")
+    r.add_argument("--candidate", default="v2", help="the shadowed version")
+    r.set_defaults(handler=cmd_shadow_report)
 
     ls = sub.add_parser("labelstudio", help="Label Studio: export tasks, push, pull annotations")
     ls_sub = ls.add_subparsers(dest="ls_command", metavar="ACTION", required=True)
