@@ -48,11 +48,21 @@ def test_weights_round_trip(admin_url: str) -> None:
         assert act.get_weights() == {"v1": 100 - v2, "v2": v2}
 
 
+def test_relative_weights_read_as_percentages(admin_url: str) -> None:
+    """Istio >= 1.15 weights are relative: the actuator reads 1:1 as 50/50 and 1:2 as
+    33.33/66.67, so the controller compares percentages whatever wrote the route."""
+    act = GatewayActuator(admin_url, TOKEN)
+    assert act.set_weights({"v1": 1, "v2": 1}) == {"v1": 50, "v2": 50}
+    assert act.get_weights() == {"v1": 50, "v2": 50}
+    assert act.set_weights({"v1": 1, "v2": 2}) == {"v1": 33.33, "v2": 66.67}
+    assert act.set_weights({"v1": 50, "v2": 60}) == {"v1": 45.45, "v2": 54.55}
+
+
 def test_refusals_are_actuator_errors_with_the_gateways_message(admin_url: str) -> None:
     with pytest.raises(ActuatorError, match="401"):
         GatewayActuator(admin_url, "wrong").get_weights()
-    with pytest.raises(ActuatorError, match="sum to 100"):
-        GatewayActuator(admin_url, TOKEN).set_weights({"v1": 50, "v2": 60})
+    with pytest.raises(ActuatorError, match="total destination weight = 0"):
+        GatewayActuator(admin_url, TOKEN).set_weights({"v1": 0, "v2": 0})
     with pytest.raises(ActuatorError, match="unreachable"):
         GatewayActuator(f"http://127.0.0.1:{free_port()}", TOKEN).get_weights()
 

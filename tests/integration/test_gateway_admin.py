@@ -47,7 +47,8 @@ async def test_set_weights_changes_traffic_atomically(
         start_gateway: StartGateway, upstreams: dict[str, FakeUpstream]) -> None:
     gw = await start_gateway()
     status, body = await call(gw, "PUT", "/weights", {"weights": {"v1": 0, "v2": 100}})
-    assert (status, body) == (200, {"weights": {"v1": 0, "v2": 100}, "generation": 2})
+    assert (status, body) == (200, {"weights": {"v1": 0, "v2": 100},
+                                    "configured": {"v1": 0, "v2": 100}, "generation": 2})
     async with aiohttp.ClientSession() as s:
         for _ in range(20):
             async with s.post(gw.url() + "/v1/completions", data="{}") as resp:
@@ -59,11 +60,36 @@ async def test_set_weights_changes_traffic_atomically(
     assert metric == 100
 
 
+@pytest.mark.parametrize(("weights", "shares"), [
+    ({"v1": 1, "v2": 1}, {"v1": 50, "v2": 50}),
+    ({"v1": 300, "v2": 100}, {"v1": 75, "v2": 25}),
+    ({"v1": 60, "v2": 30}, {"v1": 66.67, "v2": 33.33}),
+])
+async def test_weights_are_relative(start_gateway: StartGateway, upstreams: dict[str, FakeUpstream],
+                                    weights: dict[str, int], shares: dict[str, float]) -> None:
+    """Istio >= 1.15 (istio/istio#36069): weights need not sum to 100; the answer and
+    GET /routes give each subset's percent of traffic, and the traffic follows it."""
+    gw = await start_gateway()
+    status, body = await call(gw, "PUT", "/weights", {"weights": weights})
+    assert status == 200 and body["weights"] == shares and body["configured"] == weights
+    _, view = await call(gw, "GET", "/routes")
+    assert view["weights"] == shares
+    assert [d["weight"] for d in view["virtualservices"][0]["spec"]["http"][1]["route"]] == \
+        [weights["v1"], weights["v2"]]
+    seen = {"v1": 0, "v2": 0}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            async with s.post(gw.url() + "/v1/completions", data="{}") as resp:
+                seen[resp.headers["x-model-version"]] += 1
+    # 200 draws: 4 standard deviations of a binomial at p <= 0.75 is under 25.
+    assert abs(seen["v2"] - 2 * shares["v2"]) < 25
+
+
 @pytest.mark.parametrize(("body", "param", "words"), [
-    ({"weights": {"v1": 60, "v2": 30}}, "weights", "sum to 100"),
+    ({"weights": {"v1": 0, "v2": 0}}, "weights", "total destination weight = 0"),
     ({"weights": {"v1": 90, "v3": 10}}, "weights.v3", "unknown subset"),
     ({"weights": {"v1": 90.5, "v2": 9.5}}, "weights.v1", "whole number"),
-    ({"weights": {"v1": 110, "v2": -10}}, "weights.v1", "from 0 to 100"),
+    ({"weights": {"v1": 110, "v2": -10}}, "weights.v2", "whole number >= 0"),
     ({"weight": {"v1": 100}}, "weights", "needs \"weights\""),
     ("not json", None, "not JSON"),
 ])

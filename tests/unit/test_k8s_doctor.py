@@ -40,7 +40,10 @@ def _short_host(o: Obj) -> None:
 
 
 def _bad_weights(o: Obj) -> None:
-    o["spec"]["http"][1]["route"][1]["weight"] = 20
+    """Istio refuses several destinations whose weights are all 0 (relative weights otherwise
+    need not sum to 100)."""
+    for dest in o["spec"]["http"][1]["route"]:
+        dest["weight"] = 0
 
 
 def _unknown_subset(o: Obj) -> None:
@@ -118,6 +121,9 @@ def test_doctor_command_exit_codes(chart_dir):
     assert bad.returncode == 1
     assert bad.stdout.count("FAIL [probes]") == 2
     assert "Fix:" in bad.stdout
-    weights = _cli("doctor", str(CHART), "--set", "versions[0].name=v1,versions[0].weight=95",
-                   "--set", "versions[1].name=v2,versions[1].weight=10")
-    assert weights.returncode == 1 and "sum to 105" in weights.stdout
+    weights = _cli("doctor", str(CHART), "--set", "versions[0].name=v1,versions[0].weight=0",
+                   "--set", "versions[1].name=v2,versions[1].weight=0")
+    assert weights.returncode == 1 and "total destination weight = 0" in weights.stdout
+    relative = _cli("doctor", str(CHART), "--set", "versions[0].name=v1,versions[0].weight=1",
+                    "--set", "versions[1].name=v2,versions[1].weight=1")
+    assert relative.returncode == 0, relative.stdout  # 1:1 is 50/50 (Istio >= 1.15)

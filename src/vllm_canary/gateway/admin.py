@@ -1,7 +1,9 @@
 """The admin API (loopback, bearer token): read routes, set weights atomically, reload.
 
 `GET /routes`, `PUT /weights` with `{"weights": {"v1": 75, "v2": 25}}` (optionally
-`?route=NAME`), `POST /reload`. Errors are OpenAI-style JSON bodies with a 4xx status.
+`?route=NAME`), `POST /reload`. Weights are relative as in Istio >= 1.15 (`{"v1": 3, "v2": 1}`
+is 75/25); answers give `weights` as percent of traffic and `configured` as written.
+Errors are OpenAI-style JSON bodies with a 4xx status.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from vllm_canary.gateway.istio import RoutesError
+from vllm_canary.gateway.routing import percentages
 from vllm_canary.gateway.store import RouteStore, WeightError
 
 log = logging.getLogger("vllm_canary.gateway")
@@ -66,10 +69,10 @@ def admin_app(store: RouteStore, token: str) -> web.Application:
             snap = store.set_weights(weights, route)
         except WeightError as exc:
             return error(400, str(exc), param=exc.param, code="invalid_weights")
-        applied = {k: int(v) for k, v in weights.items()}
-        log.info("weights set to %s (generation %d)", applied, snap.generation)
+        log.info("weights set to %s (generation %d)", weights, snap.generation)
         return web.json_response({"weights": store.current_weights() if route is None
-                                  else applied, "generation": snap.generation})
+                                  else percentages(weights), "configured": weights,
+                                  "generation": snap.generation})
 
     async def reload(request: web.Request) -> web.Response:
         try:
@@ -80,7 +83,29 @@ def admin_app(store: RouteStore, token: str) -> web.Application:
         return web.json_response({"generation": snap.generation,
                                   "weights": store.current_weights()})
 
+    async def put_mirror(request: web.Request) -> web.Response:
+        """`PUT /mirror` `{"subset": "v2", "percent": 100}` (0 removes it): dark launch."""
+        from vllm_canary.gateway import mirror
+
+        try:
+            body: Any = json.loads(await request.read() or b"null")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "percent" not in body:
+            return error(400, "body needs {\"subset\": \"v2\", \"percent\": 100} (0 removes "
+                         "the mirror)", param="percent", code="invalid_mirror")
+        try:
+            snap = mirror.set_mirror(store, str(body.get("subset", "v2")), body["percent"],
+                                     request.query.get("route"))
+        except WeightError as exc:
+            return error(400, str(exc), param=exc.param, code="invalid_mirror")
+        log.info("mirror set to %s (generation %d)", mirror.mirror_of(store), snap.generation)
+        return web.json_response({"mirror": mirror.mirror_of(store),
+                                  "weights": store.current_weights(),
+                                  "generation": snap.generation})
+
     app = web.Application(middlewares=[guard])
+    app.router.add_put("/mirror", put_mirror)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/routes", get_routes)
     app.router.add_put("/weights", put_weights)

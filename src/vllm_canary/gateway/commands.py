@@ -46,6 +46,8 @@ def add_gateway_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--watch-interval", type=float, help="seconds between routes-file checks")
     p.add_argument("--max-request-bytes", type=int, help="request body limit (default 32 MiB)")
     p.add_argument("--seed", type=int, help="fix the random weighted choices")
+    p.add_argument("--max-mirrors-in-flight", type=int,
+                   help="mirror copies in flight per version before more are dropped (64)")
     p.add_argument("--access-log", action="store_const", const=True, help="log every request")
     p.set_defaults(handler=_run_gateway)
 
@@ -72,7 +74,8 @@ def _routes(sub: argparse._SubParsersAction) -> None:
     get = rsub.add_parser("get", help="print routes, weights and generation")
     _admin_flags(get)
     get.set_defaults(handler=_routes_get)
-    sw = rsub.add_parser("set-weight", help="set weights, e.g. v1=75 v2=25 (sum 100)")
+    sw = rsub.add_parser("set-weight", help="set relative weights, e.g. v1=75 v2=25, or v1=1 "
+                         "v2=1 for 50/50 (as Istio >= 1.15)")
     sw.add_argument("weights", nargs="+", metavar="SUBSET=WEIGHT")
     sw.add_argument("--route", help="only this http route (default: every weighted route)")
     _admin_flags(sw)

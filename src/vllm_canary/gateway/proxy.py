@@ -1,9 +1,19 @@
 """The streaming reverse proxy: executes a routing Decision the way Envoy would.
 
 Fault injection, retries (only before anything went downstream), per-try and route timeouts,
-header manipulation, fire-and-forget mirrors, SSE passed through chunk by chunk, and a client
-disconnect that cancels the upstream request. Every request is recorded in Istio telemetry with
-Envoy's response flags (UH, UF, UC, UT, URX, DC, NR, FI, DI).
+a stream idle timeout, header manipulation, fire-and-forget mirrors, SSE passed through chunk by
+chunk, and a client disconnect that cancels the upstream request. Every request is recorded in
+Istio telemetry with Envoy's response flags (UH, UF, UC, UT, SI, URX, DC, NR, FI, DI).
+
+Timeouts (all asyncio timers around the h1client calls):
+- route `timeout` (Istio; none by default): the whole request, 504 and UT, or a cut stream;
+- `retries.perTryTimeout`: one attempt, 504 and UT (retried on 5xx/gateway-error/reset);
+- the stream idle timeout (`--stream-idle-timeout`, 300 s as Envoy's `stream_idle_timeout`):
+  no response head within it, or no body bytes for that long once streaming, flag SI. Envoy's
+  connection manager answers 408 there because its timer does not know which side is idle;
+  here only the upstream can be (a slow client is the front's header/body read timeouts), so
+  the answer is 504, as Envoy's upstream `per_try_idle_timeout` gives: a canary that hangs
+  shows up as 5xx in the error rate the rollout watches, not as client disconnects.
 """
 
 from __future__ import annotations
@@ -30,10 +40,10 @@ from vllm_canary.gateway.routing import (
     Destination,
     HeaderEdit,
     HttpRoute,
-    Request,
     Retries,
     RouteTable,
     decide,
+    routing_request,
 )
 from vllm_canary.gateway.store import RouteStore
 from vllm_canary.gateway.telemetry import UNKNOWN, DestinationLabels, Telemetry
@@ -106,8 +116,9 @@ class Proxy:
 
     def __init__(self, store: RouteStore, endpoints: Endpoints, telemetry: Telemetry,
                  session: aiohttp.ClientSession, rng: random.Random | None = None,
-                 max_mirrors_in_flight: int = 256, connect_timeout: float = 10.0,
+                 max_mirrors_in_flight: int = 64, connect_timeout: float = 10.0,
                  idle_timeout: float = 300.0, access_log: logging.Logger | None = None) -> None:
+        """`idle_timeout` is the stream idle timeout in seconds (see the module docstring)."""
         self.store = store
         self.endpoints = endpoints
         self.telemetry = telemetry
@@ -164,13 +175,12 @@ class Proxy:
                                "(--max-request-bytes)")
         body = request.body
         ex.request_bytes = len(body)
-        req = Request(
-            method=request.method,
-            path=request.path,
-            authority=request.host,
-            headers=request.lower,
-            query=request.query() if request.query_string else {},
-        )
+        routed = routing_request(request.method, request.target, request.host, request.headers,
+                                 request.lower)  # what Envoy's router sees (normalized path)
+        if routed is None:
+            return self._local(request, ex, 400, "-", "bad request path (Envoy's path "
+                               "normalization refuses a NUL byte)")
+        req, request.target = routed
         table = self.store.table
         decision = decide(table, req, self.rng)
         if decision.route is None or decision.destination is None:
@@ -273,13 +283,15 @@ class Proxy:
         resp: Response | None = None
         done = False
         ep.in_flight += 1
+        try_timer = asyncio.timeout(per_try) if per_try is not None else _NO_TIMER
         try:
-            async with asyncio.timeout(per_try) if per_try is not None else _NO_TIMER:
+            async with try_timer:
                 pool, prefix = self._pool(ep)
                 if "host" not in headers:
                     headers["Host"] = f"{pool.host}:{pool.port}"
-                resp = await pool.request(request.method, prefix + request.target, headers,
-                                          body)
+                async with asyncio.timeout(self.idle_timeout):  # until the head is complete
+                    resp = await pool.request(request.method, prefix + request.target,
+                                              headers, body)
                 small = None
                 length = resp.content_length
                 if length is not None and length <= SMALL_BODY and \
@@ -288,7 +300,11 @@ class Proxy:
                 done = True
                 return resp, small
         except TimeoutError:
-            return Failure("UT", 504, "upstream request timeout", PER_TRY_TIMEOUT)
+            if try_timer is not _NO_TIMER and try_timer.expired():  # type: ignore[union-attr]
+                return Failure("UT", 504, "upstream request timeout", PER_TRY_TIMEOUT)
+            # the head wait above, or the idle wait for body bytes in resp.read()
+            return Failure("SI", 504, f"stream idle timeout: the upstream sent nothing for "
+                           f"{self.idle_timeout:g}s (--stream-idle-timeout)", frozenset())
         except ConnectFailure:
             return Failure("UF", 503, RESET_MSG + "connection failure", CONNECT_FAILURE)
         except (UpstreamError, OSError, ValueError):
@@ -315,6 +331,10 @@ class Proxy:
             async for chunk in resp.iter_chunks():
                 ex.response_bytes += len(chunk)
                 await request.write(chunk)
+        except TimeoutError:  # the upstream went quiet mid-stream (an OSError: caught first)
+            resp.close()
+            ex.flags.append("SI")
+            return request.abort()
         except (UpstreamError, OSError) as exc:
             resp.close()
             ex.flags.append("UC" if isinstance(exc, UpstreamError) else "DC")

@@ -440,6 +440,20 @@ def _nested_escape(path: str, nxt: int, bad: int, out: list[str]) -> None:
         out[bad:] = ["%", "2", "5", *out[bad + 1:]]
 
 
+def routing_request(method: str, target: str, authority: str,
+                    headers: list[tuple[str, str]], lower: Mapping[str, str]
+                    ) -> tuple[Request, str] | None:
+    """The Request Envoy's router would match for an HTTP/1 request, and the target to send
+    upstream (its path normalized, as Envoy forwards it); None when Envoy answers 400.
+    `lower` is the last-wins dict of `headers`, reused when no name repeats."""
+    norm = normalize_target(target)
+    if norm is None:
+        return None
+    path, _, query = norm.partition("?")
+    joined = lower if len(lower) == len(headers) else match_headers(headers)
+    return Request(method, path, authority, joined, parse_query(query) if query else {}), norm
+
+
 def normalize_target(target: str) -> str | None:
     """A request target (path and query) with its path normalized as Envoy does; the query is
     kept as sent. None when Envoy would answer 400."""

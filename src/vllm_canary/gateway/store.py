@@ -13,8 +13,8 @@ from typing import Any
 
 from vllm_canary.gateway import crd
 from vllm_canary.gateway.compiler import compile_table
-from vllm_canary.gateway.istio import IstioObjects, RoutesError, load_file
-from vllm_canary.gateway.routing import RouteTable, weights_of
+from vllm_canary.gateway.istio import INT32_MAX, IstioObjects, RoutesError, load_file
+from vllm_canary.gateway.routing import RouteTable, configured_weights, weights_of
 
 log = logging.getLogger("vllm_canary.gateway")
 
@@ -110,7 +110,11 @@ class RouteStore:
         return found
 
     def set_weights(self, weights: Mapping[str, Any], route: str | None = None) -> Snapshot:
-        """Set destination weights by subset on the weighted routes (or the named one), at once."""
+        """Set destination weights by subset on the weighted routes (or the named one), at once.
+
+        Weights are relative, as in Istio >= 1.15 (istio/istio#36069): whole numbers >= 0, not
+        all 0, e.g. {v1: 1, v2: 1} is 50/50 and {v1: 300, v2: 100} is 75/25. A destination
+        not named gets 0. Raises WeightError (param names the field) for what Istio refuses."""
         targets = self.weighted_routes(route)
         if not targets:
             raise WeightError(f"no route named {route!r}" if route else
@@ -120,11 +124,13 @@ class RouteStore:
             if subset not in known:
                 raise WeightError(f"unknown subset {subset!r} (known: {', '.join(sorted(known))})",
                                   f"weights.{subset}")
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
-                raise WeightError(f"weight of {subset} must be a whole number from 0 to 100",
-                                  f"weights.{subset}")
-        if sum(weights.values()) != 100:
-            raise WeightError(f"weights must sum to 100 (got {sum(weights.values())})")
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    not 0 <= value <= INT32_MAX:
+                raise WeightError(f"weight of {subset} must be a whole number >= 0 (weights "
+                                  "are relative: v1=1 v2=1 is 50/50)", f"weights.{subset}")
+        if sum(weights.values()) == 0:
+            raise WeightError("total destination weight = 0: give at least one subset a "
+                              "weight above 0 (Istio refuses a route whose weights are all 0)")
         objs = self.snapshot.objects.copy()
         for vi, ri in targets:
             vhost = self.table.virtual_hosts[vi]
@@ -141,8 +147,9 @@ class RouteStore:
             raise WeightError(exc.message) from None
         return self._publish(objs, table)
 
-    def current_weights(self) -> dict[str, int]:
-        """The weights of the first weighted route (else of the last route, the default)."""
+    def current_weights(self) -> dict[str, int | float]:
+        """Percent of traffic per subset on the first weighted route (else the last route),
+        from its relative weights: {v1: 1, v2: 1} reads as {v1: 50, v2: 50}."""
         routes = [r for vh in self.table.virtual_hosts for r in vh.routes]
         chosen = next((r for r in routes if r.weighted), routes[-1] if routes else None)
         return weights_of(chosen) if chosen is not None else {}
@@ -150,7 +157,8 @@ class RouteStore:
     def view(self) -> dict[str, Any]:
         """What `GET /routes` returns."""
         snap = self.snapshot
-        routes = [{"virtualservice": vh.name, "name": r.name, "weights": weights_of(r)}
+        routes = [{"virtualservice": vh.name, "name": r.name, "weights": weights_of(r),
+                   "configured": configured_weights(r)}
                   for vh in snap.table.virtual_hosts for r in vh.routes]
         return {
             "virtualservices": snap.objects.virtualservices,

@@ -176,20 +176,29 @@ def check_fqdn_hosts(objs: Objects, namespace: str) -> Iterable[Finding]:
 
 
 def check_weights(objs: Objects, namespace: str) -> Iterable[Finding]:
-    """Weighted destinations of one route must sum to 100."""
+    """What Istio's validation refuses in a route's weights (validateHTTPRouteDestinations,
+    pkg/config/validation/validation.go): a weight that is negative or not a whole number,
+    and several destinations whose weights are all 0. Weights are relative (Istio >= 1.15,
+    istio/istio#36069), so a sum other than 100 is fine: 1:1 is 50/50."""
     for vs in objs.of("VirtualService"):
         for i, route in enumerate(_spec(vs).get("http") or []):
             dests = route.get("route") or []
-            weights = [d.get("weight") for d in dests]
-            if len(dests) <= 1 and all(w in (None, 100) for w in weights):
-                continue
-            total = sum(int(w or 0) for w in weights)
-            if total != 100:
+            weights = [d.get("weight", 0) for d in dests]
+            name = route.get("name", "unnamed")
+            bad = [w for w in weights
+                   if isinstance(w, bool) or not isinstance(w, int) or w < 0]
+            if bad:
                 yield Finding(
                     "weights", vs.ref,
-                    f"http[{i}] ({route.get('name', 'unnamed')}) weights {weights} sum to "
-                    f"{total}, not 100 (Istio rejects the route)",
-                    "set values.versions[].weight so they add up to 100")
+                    f"http[{i}] ({name}) weights {weights}: {bad[0]!r} is not a whole number "
+                    ">= 0 (Istio rejects the VirtualService)",
+                    "set values.versions[].weight to whole numbers >= 0")
+            elif len(dests) > 1 and sum(weights) == 0:
+                yield Finding(
+                    "weights", vs.ref,
+                    f"http[{i}] ({name}) weights {weights}: total destination weight = 0 "
+                    "(Istio rejects the VirtualService)",
+                    "give at least one of values.versions[].weight a value above 0")
 
 
 def check_port_names(objs: Objects, namespace: str) -> Iterable[Finding]:

@@ -41,7 +41,9 @@ class RolloutState(BaseModel):
     phase: Phase = Phase.PROGRESSING
     step: int = 0  # index of the current step
     step_started: float | None = None  # wall clock when the current step began
-    weights: dict[str, int] = Field(default_factory=dict)
+    # percent of traffic per version; int when whole (the controller sets whole percentages),
+    # a float when read from relative weights such as 1:2
+    weights: dict[str, int | float] = Field(default_factory=dict)
     aborting: bool = False  # abort decided; weights not yet confirmed back on the stable
     message: str = ""
     source_error: str = ""

@@ -11,12 +11,14 @@ class ActuatorError(Exception):
 
 
 class Actuator(Protocol):
-    def get_weights(self) -> dict[str, int]:
-        """The weights traffic is routed with now, by version (subset), summing to 100."""
+    def get_weights(self) -> dict[str, int | float]:
+        """Percent of traffic per version (subset) now, read from the route's relative
+        weights (Istio >= 1.15: 1:1 is 50/50), so summing to 100."""
         ...
 
-    def set_weights(self, weights: dict[str, int]) -> dict[str, int]:
-        """Route with `weights`; returns the weights the target confirms it now uses."""
+    def set_weights(self, weights: dict[str, int]) -> dict[str, int | float]:
+        """Route with `weights` (the controller sets percentages summing to 100); returns the
+        percentages the target confirms it now uses."""
         ...
 
     def describe(self) -> str:

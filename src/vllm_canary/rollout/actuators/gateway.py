@@ -16,8 +16,9 @@ class GatewayActuator:
         self.admin_url = admin_url.rstrip("/")
         self.client = AdminClient(self.admin_url, token, timeout)
 
-    def _call(self, request: Callable[[], dict[str, Any]]) -> dict[str, int]:
-        """The weights in the admin API's answer; its errors become ActuatorErrors."""
+    def _call(self, request: Callable[[], dict[str, Any]]) -> dict[str, int | float]:
+        """The admin API's `weights` (percent of traffic, read from relative weights); its
+        errors become ActuatorErrors."""
         try:
             answer = request()
         except NotRunningError as exc:
@@ -25,12 +26,13 @@ class GatewayActuator:
                 f"gateway admin {self.admin_url} unreachable: {exc.message}") from None
         except UserError as exc:  # the API refused: its status and message
             raise ActuatorError(exc.message) from None
-        return {k: int(v) for k, v in answer.get("weights", {}).items()}
+        return {k: v if isinstance(v, int | float) and not isinstance(v, bool) else float(v)
+                for k, v in answer.get("weights", {}).items()}
 
-    def get_weights(self) -> dict[str, int]:
+    def get_weights(self) -> dict[str, int | float]:
         return self._call(self.client.routes)
 
-    def set_weights(self, weights: dict[str, int]) -> dict[str, int]:
+    def set_weights(self, weights: dict[str, int]) -> dict[str, int | float]:
         return self._call(lambda: self.client.set_weights(weights))
 
     def describe(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from vllm_canary.gateway.routing import percentages
 from vllm_canary.rollout.actuators.base import ActuatorError
 
 GROUP, VERSION, PLURAL = "networking.istio.io", "v1", "virtualservices"
@@ -22,6 +23,13 @@ def weighted_route(http: list[dict[str, Any]]) -> dict[str, Any]:
         if len(dests) > 1 and all("subset" in d.get("destination", {}) for d in dests):
             return route
     raise ActuatorError("VirtualService has no weighted route over subsets to patch")
+
+
+def shares(route: dict[str, Any]) -> dict[str, int | float]:
+    """Percent of traffic per subset of a weighted route; weights are relative (Istio >= 1.15,
+    istio/istio#36069), so {v1: 1, v2: 1} reads as {v1: 50, v2: 50}."""
+    return percentages({d["destination"]["subset"]: int(d.get("weight", 0))
+                        for d in route["route"]})
 
 
 def with_weights(http: list[dict[str, Any]], weights: dict[str, int]) -> list[dict[str, Any]]:
@@ -64,11 +72,10 @@ class KubernetesActuator:
         except OSError as exc:
             raise ActuatorError(f"Kubernetes API unreachable: {exc}") from None
 
-    def get_weights(self) -> dict[str, int]:
-        route = weighted_route(self._get()["spec"].get("http", []))
-        return {d["destination"]["subset"]: int(d.get("weight", 0)) for d in route["route"]}
+    def get_weights(self) -> dict[str, int | float]:
+        return shares(weighted_route(self._get()["spec"].get("http", [])))
 
-    def set_weights(self, weights: dict[str, int]) -> dict[str, int]:
+    def set_weights(self, weights: dict[str, int]) -> dict[str, int | float]:
         from kubernetes.client.exceptions import ApiException
 
         for _ in range(CONFLICT_RETRIES):
@@ -86,8 +93,7 @@ class KubernetesActuator:
                                     f"{exc.status} {exc.reason}") from None
             except OSError as exc:
                 raise ActuatorError(f"Kubernetes API unreachable: {exc}") from None
-            route = weighted_route(answer["spec"]["http"])
-            return {d["destination"]["subset"]: int(d.get("weight", 0)) for d in route["route"]}
+            return shares(weighted_route(answer["spec"]["http"]))
         raise ActuatorError(f"virtualservice {self.namespace}/{self.name} kept changing "
                             f"({CONFLICT_RETRIES} conflicts)")
 
