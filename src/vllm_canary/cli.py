@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "vllm_canary.k8s.commands",
     "vllm_canary.dataloop.commands",
     "vllm_canary.rollout.commands",
+    "vllm_canary.console.commands",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

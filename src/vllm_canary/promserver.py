@@ -32,6 +32,17 @@ class ScrapeJob:
     targets: list[str]  # host:port
     labels: dict[str, str] = field(default_factory=dict)
     metrics_path: str = "/metrics"
+    honor_labels: bool = False  # keep labels the series bring (e.g. `version`) over ours
+    target_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # per host:port
+
+    def static_configs(self) -> list[dict[str, Any]]:
+        """One group per target that has labels of its own, one group for the rest."""
+        rest = [t for t in self.targets if t not in self.target_labels]
+        groups = [{"targets": [t], "labels": {**self.labels, **self.target_labels[t]}}
+                  for t in self.targets if t in self.target_labels]
+        if rest:
+            groups.append({"targets": rest, "labels": dict(self.labels)})
+        return groups
 
 
 @dataclass
@@ -59,7 +70,8 @@ class PrometheusServer:
                 {
                     "job_name": job.name,
                     "metrics_path": job.metrics_path,
-                    "static_configs": [{"targets": job.targets, "labels": job.labels}],
+                    "honor_labels": job.honor_labels,
+                    "static_configs": job.static_configs(),
                 }
                 for job in self.jobs
             ],

@@ -27,6 +27,7 @@ class StackState(BaseModel):
     servers: dict[str, ServerInfo]  # by version (subset name): v1, v2
     prometheus_url: str | None = None
     log_dir: str | None = None
+    console_url: str | None = None  # the web console (`up --console-port`), when running
 
 
 def state_home() -> Path:

@@ -26,7 +26,7 @@ from vllm_canary import promserver, stackstate
 CLI = str(Path(sys.executable).with_name("vllm-canary"))
 SEED_BODY = b'{"prompt":"hello","max_tokens":5}'
 PORT_FLAGS = ("--v1-port", "--v1-metrics-port", "--v2-port", "--v2-metrics-port", "--port",
-              "--metrics-port", "--admin-port", "--prometheus-port")
+              "--metrics-port", "--admin-port", "--prometheus-port", "--console-port")
 
 
 @dataclass

@@ -48,10 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-port", type=int, default=15000, help="gateway admin API port")
     p.add_argument("--prometheus-port", type=int, default=9090)
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    p.add_argument("--console-port", type=int, default=3000,
+                   help="web console port (dashboard, topology, rollout, quality, routes)")
+    p.add_argument("--no-console", action="store_true", help="do not start the web console")
     p.add_argument("--routes", type=Path, help="routes YAML (default: the chart's routing)")
     p.add_argument("--log-dir", type=Path, default=Path("logs"),
                    help="request logs, and process output under stack/ (default ./logs)")
     p.add_argument("--seed", type=int, help="gateway: fix the weighted choices")
+    p.add_argument("--mirror-v2", type=float, metavar="PCT",
+                   help="dark launch: also send PCT%% of the split traffic to v2, answers "
+                        "discarded (logged as shadow; see docs/darklaunch.md)")
     p.add_argument("--startup-timeout", type=float,
                    help="seconds to wait for each server (default 60; 900 with --engine vllm)")
     p.set_defaults(handler=run)
@@ -69,7 +75,8 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "vllm_canary.cli", *args]
 
 
-def _server_argv(args: argparse.Namespace, v: str, port: int, metrics: int) -> list[str]:
+def _server_argv(args: argparse.Namespace, v: str, port: int, metrics: int,
+                 engine_port: int | None = None) -> list[str]:
     argv = _cli("serve", "--version", v, "--engine", args.engine, "--host", args.host,
                 "--port", str(port), "--metrics-port", str(metrics),
                 "--log-dir", str(args.log_dir))
@@ -87,6 +94,8 @@ def _server_argv(args: argparse.Namespace, v: str, port: int, metrics: int) -> l
         argv += ["--error-rate", str(args.v2_error_rate)]
     if v == "v2" and args.v2_latency_factor is not None:
         argv += ["--latency-factor", str(args.v2_latency_factor)]
+    if engine_port is not None:  # vLLM's own server on a port we know, for Prometheus
+        argv += ["--", "--port", str(engine_port)]
     return argv
 
 
@@ -97,6 +106,8 @@ def _check_ports(args: argparse.Namespace) -> None:
               "--admin-port": args.admin_port}
     if not args.no_prometheus and promserver.find_binary():
         wanted["--prometheus-port"] = args.prometheus_port
+    if not args.no_console:
+        wanted["--console-port"] = args.console_port
     bad = [f"{flag} {port}" for flag, port in wanted.items() if not 0 < port < 65536]
     if bad:
         raise UserError(f"not a TCP port: {', '.join(bad)}; give a number from 1 to 65535")
@@ -133,16 +144,26 @@ def run(args: argparse.Namespace) -> int:
                         f"{exc.strerror}") from None
     token = secrets.token_urlsafe(24)
     routes = args.routes or default_routes_path()
+    if getattr(args, "mirror_v2", None) is not None:
+        from vllm_canary.gateway.mirror import mirrored_routes_file
+
+        routes = mirrored_routes_file(routes, workdir / "routes-mirrored.yaml", "v2",
+                                      args.mirror_v2)
     base = f"http://{args.host}"
     children: list[Child] = []
     prometheus: promserver.PrometheusServer | None = None
+    console: Child | None = None
+    # --engine vllm: each vLLM child's own port, so Prometheus scrapes its `vllm:` series.
+    engine_ports = ({v: procs.free_port(args.host) for v in VERSIONS}
+                    if args.engine == "vllm" else {})
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         for v, port, metrics in (("v1", args.v1_port, args.v1_metrics_port),
                                  ("v2", args.v2_port, args.v2_metrics_port)):
             log = workdir / f"{v}.log"
-            children.append(Child(f"{v} server", procs.start(_server_argv(args, v, port, metrics),
-                                                            log=log), log, f"{base}:{port}/health"))
+            argv = _server_argv(args, v, port, metrics, engine_ports.get(v))
+            children.append(Child(f"{v} server", procs.start(argv, log=log), log,
+                                  f"{base}:{port}/health"))
         gw_argv = [sys.executable, "-m", "vllm_canary.gateway", "gateway",
                    "--routes", str(routes), "--host", args.host, "--port", str(args.port),
                    "--metrics-port", str(args.metrics_port), "--admin-port", str(args.admin_port),
@@ -162,7 +183,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{child.name} did not start ({exc}){said}; see "
                                 f"{child.log}") from None
         if not args.no_prometheus and promserver.find_binary():
-            prometheus = _start_prometheus(args, workdir)
+            prometheus = _start_prometheus(args, workdir, engine_ports)
+        if not args.no_console:
+            console = _start_console(args, workdir, base, token,
+                                     prometheus.url if prometheus else None)
         state = stackstate.StackState(
             pid=os.getpid(), gateway_url=f"{base}:{args.port}",
             gateway_metrics_url=f"{base}:{args.metrics_port}/metrics",
@@ -172,10 +196,11 @@ def run(args: argparse.Namespace) -> int:
                                      ("v2", args.v2_port, args.v2_metrics_port))},
             prometheus_url=prometheus.url if prometheus else None,
             log_dir=str(args.log_dir.resolve()),
+            console_url=f"{base}:{args.console_port}" if console else None,
         )
         state_file = stackstate.save(state)
         _print_table(args, state, routes, workdir, state_file)
-        return _supervise(children, prometheus)
+        return _supervise(children, prometheus, console)
     except KeyboardInterrupt:
         print("\nstopping the local stack ...", file=sys.stderr, flush=True)
         return 0
@@ -184,19 +209,38 @@ def run(args: argparse.Namespace) -> int:
         mine = stackstate.load()
         if mine is not None and mine.pid == os.getpid():
             stackstate.clear()
+        if console is not None:
+            procs.stop(console.proc)
         if prometheus is not None:
             prometheus.stop()
         for child in reversed(children):
             procs.stop(child.proc)
 
 
-def _start_prometheus(args: argparse.Namespace,
-                      workdir: Path) -> promserver.PrometheusServer | None:
+def scrape_jobs(args: argparse.Namespace,
+                engine_ports: dict[str, int]) -> list[promserver.ScrapeJob]:
+    """The stack's scrape targets, each model-server target labelled with its `version` as
+    the chart's ServiceMonitor does (`podTargetLabels: [version]`): the gateway's Istio
+    metrics, both fronts (`vllm_*`, honor_labels: their series carry `version` already), and
+    with --engine vllm each vLLM child's own /metrics (`vllm:*`, labelled by target)."""
+    fronts = {"v1": args.v1_metrics_port, "v2": args.v2_metrics_port}
     jobs = [
         promserver.ScrapeJob("istio-gateway", [f"{args.host}:{args.metrics_port}"]),
-        promserver.ScrapeJob("vllm", [f"{args.host}:{args.v1_metrics_port}",
-                                      f"{args.host}:{args.v2_metrics_port}"]),
+        promserver.ScrapeJob("vllm-service", [f"{args.host}:{p}" for p in fronts.values()],
+                             honor_labels=True,
+                             target_labels={f"{args.host}:{p}": {"version": v}
+                                            for v, p in fronts.items()}),
     ]
+    if engine_ports:
+        jobs.append(promserver.ScrapeJob(
+            "vllm-engine", [f"{args.host}:{p}" for p in engine_ports.values()],
+            target_labels={f"{args.host}:{p}": {"version": v} for v, p in engine_ports.items()}))
+    return jobs
+
+
+def _start_prometheus(args: argparse.Namespace, workdir: Path,
+                      engine_ports: dict[str, int]) -> promserver.PrometheusServer | None:
+    jobs = scrape_jobs(args, engine_ports)
     server = promserver.PrometheusServer(workdir / "prometheus", jobs, port=args.prometheus_port,
                                          host=args.host)
     try:
@@ -206,6 +250,27 @@ def _start_prometheus(args: argparse.Namespace,
         print(f"warning: Prometheus did not start ({exc}); see "
               f"{workdir / 'prometheus' / 'prometheus.log'}", file=sys.stderr)
         return None
+
+
+def _start_console(args: argparse.Namespace, workdir: Path, base: str, token: str,
+                   prometheus_url: str | None) -> Child | None:
+    """`vllm-canary console` as a child (the admin token in its environment, never argv);
+    one that does not start is a warning, as for Prometheus: the stack still serves."""
+    argv = _cli("console", "--host", args.host, "--port", str(args.console_port),
+                "--admin-url", f"{base}:{args.admin_port}", "--scrape-interval", "1s",
+                "--refresh", "2")
+    if prometheus_url:
+        argv += ["--prometheus", prometheus_url]
+    log = workdir / "console.log"
+    child = Child("console", procs.start(argv, env={"VLLM_CANARY_ADMIN_TOKEN": token},
+                                         log=log), log, f"{base}:{args.console_port}/healthz")
+    try:
+        procs.wait_http(child.ready_url, 30.0, child.proc)
+    except (RuntimeError, TimeoutError) as exc:
+        procs.stop(child.proc)
+        print(f"warning: the console did not start ({exc}); see {log}", file=sys.stderr)
+        return None
+    return child
 
 
 def _print_table(args: argparse.Namespace, state: stackstate.StackState, routes: Path,
@@ -218,8 +283,13 @@ def _print_table(args: argparse.Namespace, state: stackstate.StackState, routes:
         ("gateway", f"{state.gateway_url}  (routes {routes})", f"{workdir}/gateway.log"),
         ("istio metrics", state.gateway_metrics_url, ""),
         ("admin API", f"{state.admin_url}  (token in {state_file})", ""),
-        ("prometheus", state.prometheus_url or "not running (install `prometheus` to get one)",
+        ("prometheus", state.prometheus_url or "not running (" + (
+            "--no-prometheus" if args.no_prometheus else
+            "install it: `sudo apt-get install prometheus`, or `make up` as root") + ")",
          f"{workdir}/prometheus/prometheus.log" if state.prometheus_url else ""),
+        ("console", state.console_url or "not running" + (
+            " (--no-console)" if args.no_console else f" (see {workdir}/console.log)"),
+         f"{workdir}/console.log" if state.console_url else ""),
         ("request logs", str(args.log_dir), ""),
     ]
     print(f"vllm-canary local stack (engine {args.engine}, pid {state.pid})")
@@ -231,7 +301,8 @@ def _print_table(args: argparse.Namespace, state: stackstate.StackState, routes:
           flush=True)
 
 
-def _supervise(children: list[Child], prometheus: promserver.PrometheusServer | None) -> int:
+def _supervise(children: list[Child], prometheus: promserver.PrometheusServer | None,
+               console: Child | None = None) -> int:
     """Wait until a child dies (reported, exit 1) or Ctrl-C/SIGTERM (KeyboardInterrupt)."""
     while True:
         for child in children:
@@ -247,6 +318,10 @@ def _supervise(children: list[Child], prometheus: promserver.PrometheusServer | 
             print(f"warning: Prometheus exited with code {prometheus.proc.returncode}; the "
                   "rest keeps running", file=sys.stderr, flush=True)
             prometheus.proc = None
+        if console is not None and console.proc.poll() is not None:
+            print(f"warning: the console exited with code {console.proc.returncode} (see "
+                  f"{console.log}); the rest keeps running", file=sys.stderr, flush=True)
+            console = None
         time.sleep(0.5)
 
 
