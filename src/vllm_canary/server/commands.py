@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="vllm/upstream: seconds of upstream silence before a 504 (default 600)")
     p.add_argument("--vllm-python", help="vllm: Python that has vLLM installed")
     p.add_argument("--startup-timeout", type=float, help="vllm: seconds to wait for readiness")
+    p.add_argument("--lora", action="append", metavar="VERSION[:NAME]=DIR",
+                   help="vllm: serve the LoRA adapter in DIR as version VERSION (repeatable)")
+    p.add_argument("--enable-lora", action="store_const", const=True,
+                   help="vllm: allow `vllm-canary lora load` even with no --lora at start")
+    p.add_argument("--max-lora-rank", type=int, help="vllm: largest adapter rank (default: "
+                   "what the --lora adapters need, at least 16)")
+    p.add_argument("--max-loras", type=int, help="vllm: adapters in one batch (default 4)")
     p.add_argument("--error-rate", type=float, help="sim: fraction of requests that fail")
     p.add_argument("--latency-factor", type=float, help="sim: multiply all latencies")
     p.add_argument("--ttft-ms", type=float, help="sim: base time to first token")

@@ -42,6 +42,12 @@ class ServeSettings(BaseModel):
     vllm_python: str | None = None
     vllm_args: list[str] = Field(default_factory=list)
     startup_timeout: float = Field(default=900.0, gt=0.0)
+    # vllm engine, LoRA versions (server/lora.py): `VERSION=DIR` or `VERSION:NAME=DIR` each,
+    # loaded at start; enable_lora also allows `vllm-canary lora load` with none at start.
+    lora: list[str] = Field(default_factory=list)
+    enable_lora: bool = False
+    max_lora_rank: int | None = Field(default=None, ge=1)
+    max_loras: int = Field(default=4, ge=1)
 
     @model_validator(mode="after")
     def _engine_needs(self) -> ServeSettings:
@@ -51,6 +57,9 @@ class ServeSettings(BaseModel):
             raise ValueError("--engine upstream needs --upstream URL")
         if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise ValueError(f"--upstream must be an http(s) URL, got {self.upstream!r}")
+        if (self.lora or self.enable_lora) and self.engine != "vllm":
+            raise ValueError("--lora and --enable-lora need --engine vllm (adapters are "
+                             "loaded into the vLLM child)")
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError("--metrics-port must differ from --port (or be 0 to disable)")
         return self

@@ -40,6 +40,7 @@ version: {{ .version }}
 - {{ default $root.Values.engine.model $v.model | quote }}
 - --startup-timeout
 - {{ $root.Values.engine.loadTimeoutSeconds | quote }}
+{{- include "vllm-canary.loraArgs" (dict "root" $root "v" $v) }}
 {{- if eq $root.Values.engine.name "vllm" }}
 - "--"
 - --tensor-parallel-size
@@ -117,6 +118,11 @@ containers:
       - name: logs
         mountPath: {{ $root.Values.persistence.mountPath }}
       {{- end }}
+      {{- if $root.Values.loraAdapters.volume }}
+      - name: lora-adapters
+        mountPath: {{ $root.Values.loraAdapters.mountPath }}
+        readOnly: true
+      {{- end }}
 volumes:
   - name: shm
     emptyDir:
@@ -128,6 +134,10 @@ volumes:
   - name: logs
     persistentVolumeClaim:
       claimName: {{ $root.Values.persistence.claimName }}
+  {{- end }}
+  {{- with $root.Values.loraAdapters.volume }}
+  - name: lora-adapters
+    {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- with $root.Values.nodeSelector }}
 nodeSelector:
@@ -146,4 +156,71 @@ affinity:
 {{/* The version entry named `name` (dict: root, name), as YAML. */}}
 {{- define "vllm-canary.version" -}}
 {{- range .root.Values.versions }}{{ if eq .name $.name }}{{ toYaml . }}{{ end }}{{ end -}}
+{{- end -}}
+
+{{/* LoRA versions (`versions[].lora: {name, path, base}`) have no pods of their own: they are
+adapters loaded on their base version's pods (default: the first version without `lora`). */}}
+{{- define "vllm-canary.defaultLoraBase" -}}
+{{- $b := "" -}}
+{{- range .Values.versions }}{{ if and (not .lora) (not $b) }}{{ $b = .name }}{{ end }}{{ end -}}
+{{ $b }}
+{{- end -}}
+
+{{/* The pod label `version` that serves version `name` (dict: root, name): its own, or its
+LoRA base's. DestinationRule subsets select on it. */}}
+{{- define "vllm-canary.podVersion" -}}
+{{- $out := .name -}}
+{{- range .root.Values.versions -}}
+{{- if and (eq .name $.name) .lora -}}
+{{- $out = default (include "vllm-canary.defaultLoraBase" $.root) .lora.base -}}
+{{- end -}}
+{{- end -}}
+{{ $out }}
+{{- end -}}
+
+{{/* Header edits on the route destination of version `name` (dict: root, name), when any
+version is a LoRA adapter: a LoRA version's sets `x-canary-version: <name>`, which the base's
+front maps to the adapter; any other's removes a client's own (docs/lora.md). */}}
+{{- define "vllm-canary.loraHeaders" -}}
+{{- $any := false -}}
+{{- range .root.Values.versions }}{{ if .lora }}{{ $any = true }}{{ end }}{{ end -}}
+{{- range .root.Values.versions -}}
+{{- if and (eq .name $.name) $any -}}
+headers:
+  request:
+    {{- if .lora }}
+    set:
+      x-canary-version: {{ .name | quote }}
+    {{- else }}
+    remove:
+      - x-canary-version
+    {{- end }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* `--lora VERSION:NAME=PATH` for every LoRA version served by base version `v` (dict: root, v). */}}
+{{- define "vllm-canary.loraArgs" -}}
+{{- $root := .root -}}
+{{- $v := .v -}}
+{{- range $root.Values.versions -}}
+{{- if .lora -}}
+{{- if eq (default (include "vllm-canary.defaultLoraBase" $root) .lora.base) $v.name }}
+- --lora
+- {{ printf "%s:%s=%s" .name .lora.name .lora.path | quote }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where per-version figures come from: "front" (the model servers' own vllm_* series, by
+`version`) or "istio" (istio_* by destination_version, the pod's label). auto: front as soon as
+a version is a LoRA adapter, whose requests Istio counts as the base's. */}}
+{{- define "vllm-canary.versionMetrics" -}}
+{{- $m := .Values.monitoring.versionMetrics | default "auto" -}}
+{{- if eq $m "auto" -}}
+{{- $m = "istio" -}}
+{{- range .Values.versions }}{{ if .lora }}{{ $m = "front" }}{{ end }}{{ end -}}
+{{- end -}}
+{{ $m }}
 {{- end -}}
