@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from vllm_canary.server import jsonlimits
-from vllm_canary.server.engines.base import EngineError, GenerationRequest, Kind
+from vllm_canary.server.engines.base import EngineError, GenerationRequest, Kind, Prompt, ToolSpec
+from vllm_canary.server.engines.simjson import SchemaError, check_schema
 
 
 class ApiError(EngineError):
@@ -29,9 +36,20 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# The request models follow vLLM 0.32's CompletionRequest / ChatCompletionRequest
+# (vllm/entrypoints/openai/{completion,chat_completion}/protocol.py) for what the simulator
+# answers. Every optional field accepts null and null means its default, as OpenAI's schema
+# marks them nullable (openai-openapi openapi.yaml: CreateCompletionRequest and
+# CreateChatCompletionRequest, `nullable: true` on temperature, top_p, n, stream,
+# max_tokens, logprobs, echo, stop, seed, ...).
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
+MAX_CHOICES = 64  # prompts x n: bounds one request's work in the simulator
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    include_usage: bool = Field(default=False, strict=True)
+    include_usage: bool | None = Field(default=False, strict=True)
+    continuous_usage_stats: Literal[False] | None = None
 
 
 class ContentPart(BaseModel):
@@ -41,9 +59,20 @@ class ContentPart(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, tool_call_id, ...
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        for part in value if isinstance(value, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                raise ValueError(
+                    f"the sim engine reads only text content parts, not '{kind}'; send text, "
+                    "or serve a real multimodal model (--engine vllm)")
+        return value
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -51,20 +80,60 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class _Sampling(BaseModel):
-    # Unknown fields are kept and passed to upstream engines (e.g. logprobs, top_k).
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow")  # checked by _refuse_unimplemented
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, strict=True, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, strict=True, ge=1, le=16)
+    max_tokens: int | None = Field(default=None, strict=True, ge=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int | None = Field(default=None, strict=True, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, strict=True)
-    stream: bool = Field(default=False, strict=True)
+    stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    include_stop_str_in_output: bool | None = Field(default=None, strict=True)
+    ignore_eos: bool | None = Field(default=None, strict=True)
 
     @field_validator("stop")
     @classmethod
@@ -80,22 +149,92 @@ class _Sampling(BaseModel):
 
 
 class CompletionBody(_Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = Field(default=None, strict=True)
+    logprobs: int | None = Field(default=None, strict=True, ge=0, le=MAX_LOGPROBS)
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("send one prompt per request (a string or a list of one string)")
+    def _prompt_shape(cls, value: Any) -> Any:
+        if value == "" or value == []:
+            raise ValueError("Either prompt or prompt_embeds must be provided and non-empty.")
+        if isinstance(value, list):
+            if all(isinstance(v, str) for v in value):
+                if any(v == "" for v in value):
+                    raise ValueError("each prompt in the list must be non-empty")
+            elif all(_is_ids(v) for v in value):
+                pass
+            elif not _is_ids(value):
+                raise ValueError("prompt must be a string, a list of strings, a list of token "
+                                 "ids (integers >= 0) or a list of such lists")
         return value
 
-    def prompt_text(self) -> str:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+    def prompts(self) -> tuple[Prompt, ...]:
+        p = self.prompt
+        if isinstance(p, str):
+            return (p,)
+        if p and isinstance(p[0], int):
+            return (tuple(p),)  # type: ignore[arg-type]
+        return tuple(x if isinstance(x, str) else tuple(x) for x in p)  # type: ignore[misc]
 
 
 class ChatBody(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, strict=True, ge=1)
+    logprobs: bool | None = Field(default=None, strict=True)
+    top_logprobs: int | None = Field(default=None, strict=True, ge=0, le=MAX_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # the simulator makes one call either way
+
+
+def _is_ids(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(type(v) is int and v >= 0 for v in value))
+
+
+# Fields the simulator does not implement, with the values that mean "off" (null always
+# does). Any other value, or any field not listed here nor in the models, is a 400 that says
+# so (never silently ignored).
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0,), "presence_penalty": (0,), "repetition_penalty": (1,),
+    "logit_bias": ({},), "top_k": (0, -1), "min_p": (0,), "min_tokens": (0,),
+    "best_of": (1,), "use_beam_search": (False,), "length_penalty": (1,),
+    "stop_token_ids": ([],), "bad_words": ([],), "prompt_logprobs": (),
+    "skip_special_tokens": (True,), "spaces_between_special_tokens": (True,),
+    "add_special_tokens": (True, False), "add_generation_prompt": (True,),
+    "continue_final_message": (False,), "echo": (False,), "suffix": (),
+    "priority": (0,), "return_tokens_as_token_ids": (False,), "return_token_ids": (False,),
+    "include_reasoning": (True,), "reasoning_effort": (), "truncate_prompt_tokens": (),
+    "service_tier": ("auto", "default"), "structured_outputs": (), "guided_json": (),
+    "logprob_token_ids": (), "modalities": (["text"],), "audio": (), "prediction": (),
+    "web_search_options": (), "documents": (), "chat_template": (),
+    "chat_template_kwargs": ({},), "mm_processor_kwargs": ({},), "vllm_xargs": ({},),
+}
+# Fields that never change an answer: any value is fine.
+_METADATA = frozenset({"user", "metadata", "store", "request_id", "cache_salt",
+                       "kv_transfer_params", "session_id"})
+
+
+def _refuse_unimplemented(body: _Sampling, kind: Kind) -> None:
+    route = "/v1/completions" if kind == "completion" else "/v1/chat/completions"
+    for name, value in (body.model_extra or {}).items():
+        if value is None or name in _METADATA:
+            continue
+        neutral = _NEUTRAL.get(name)
+        if neutral is not None and any(
+                value == v and isinstance(value, bool) == isinstance(v, bool) for v in neutral):
+            continue
+        what = "field" if neutral is None else "setting"
+        raise ApiError(
+            400, f"the sim engine does not implement the {what} '{name}' (got "
+            f"{_short(value)}) on {route}; remove it, or serve a real model (--engine vllm)",
+            param=name, code="unsupported_parameter")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def render_chat(messages: list[Message]) -> str:
@@ -126,12 +265,61 @@ def decode_json(raw: bytes) -> dict[str, Any]:
 def _validation_error(exc: ValidationError) -> ApiError:
     first = exc.errors()[0]
     param = ".".join(str(p) for p in first["loc"]) or None
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         message = f"'{param}' is a required property"
     elif param:
         message = f"invalid value for '{param}': {message}"
     return ApiError(400, message, param=param)
+
+
+def _json_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
+    """The schema a JSON response format asks for: json_object is any object."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    if fmt.json_schema is None:
+        raise ApiError(400, "When response_format type is 'json_schema', the 'json_schema' "
+                       "field must be provided.", param="response_format")
+    schema = fmt.json_schema.json_schema or {"type": "object"}
+    _check(schema, "response_format.json_schema.schema", "response_format")
+    return schema
+
+
+def _check(schema: Any, where: str, param: str) -> None:
+    try:
+        check_schema(schema, where)
+    except SchemaError as exc:
+        raise ApiError(400, str(exc), param=param, code="unsupported_schema") from None
+
+
+def _tools(body: ChatBody) -> tuple[tuple[ToolSpec, ...], str, str | None]:
+    """(tools, tool_choice, named function) under vLLM's rules (ChatCompletionRequest
+    check_tool_usage): no tool_choice with tools means "auto"; a tool_choice needs tools;
+    a named function must be one of them."""
+    if body.tools == []:
+        raise ApiError(400, "`tools` must not be an empty array. Omit `tools` or provide at "
+                       "least one tool.", param="tools")
+    tools = body.tools or []
+    choice = body.tool_choice if body.tool_choice is not None else (
+        "auto" if tools else "none")
+    if choice != "none" and not tools:
+        raise ApiError(400, "When using `tool_choice`, `tools` must be set.",
+                       param="tool_choice")
+    specs = []
+    for i, tool in enumerate(tools):
+        params = tool.function.parameters or {"type": "object", "properties": {}}
+        if choice != "none":
+            _check(params, f"tools[{i}].function.parameters", "tools")
+        specs.append(ToolSpec(tool.function.name, params))
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.name
+        if all(t.name != name for t in specs):
+            raise ApiError(400, "The tool specified in `tool_choice` does not match any of "
+                           "the specified `tools`", param="tool_choice")
+        return tuple(specs), "function", name
+    return tuple(specs), choice, None
 
 
 def parse_request(
@@ -142,39 +330,65 @@ def parse_request(
     max_tokens_limit: int,
     request_id: str,
 ) -> tuple[GenerationRequest, _Sampling]:
-    """Validate a decoded body into the engine's request (and the parsed body, for echoing
-    stream options and logging parameters)."""
+    """Validate a decoded body into the simulator's request (and the parsed body, for stream
+    options). A field or value the simulator does not implement is a 400 that names it."""
     model_cls: type[_Sampling] = CompletionBody if kind == "completion" else ChatBody
     try:
         body = model_cls.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+    _refuse_unimplemented(body, kind)
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.",
+                       param="stream_options")
+    n = body.n or 1
+    shapes: dict[str, Any] = {"json_schema": _json_schema(body.response_format)}
     if isinstance(body, ChatBody):
         max_tokens = body.max_completion_tokens or body.max_tokens
+        if max_tokens == 0:
+            raise ApiError(400, "max_tokens must be at least 1, got 0.", param="max_tokens")
+        if body.top_logprobs and not body.logprobs:
+            raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true.",
+                           param="top_logprobs")
+        tools, choice, name = _tools(body)
+        shapes.update(tools=tools, tool_choice=choice, tool_name=name,
+                      logprobs=(body.top_logprobs or 0) if body.logprobs else None)
         prompt, messages = render_chat(body.messages), [m.model_dump() for m in body.messages]
-        default_max = 256
+        prompts: tuple[Prompt, ...] = ()
     else:
         assert isinstance(body, CompletionBody)
-        max_tokens, prompt, messages, default_max = body.max_tokens, body.prompt_text(), None, 16
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens  # vLLM's default
+        if max_tokens == 0 and not body.echo:
+            raise ApiError(400, "max_tokens must be at least 1, got 0.", param="max_tokens")
+        prompts = body.prompts()
+        if len(prompts) * n > MAX_CHOICES:
+            raise ApiError(400, f"prompts x n is {len(prompts) * n}; the sim engine answers at "
+                           f"most {MAX_CHOICES} choices per request", param="prompt")
+        prompt = prompts[0] if isinstance(prompts[0], str) else ""
+        if len(prompts) == 1 and isinstance(prompts[0], str):
+            prompts = ()  # the plain case: GenerationRequest.prompt alone
+        messages = None
+        shapes.update(echo=bool(body.echo), logprobs=body.logprobs)
     if max_tokens is not None and max_tokens > max_tokens_limit:
         raise ApiError(
             400, f"max_tokens must be at most {max_tokens_limit}, got {max_tokens}",
             param="max_tokens",
         )
-    known = set(model_cls.model_fields)
-    extra = {k: v for k, v in data.items() if k not in known}
     request = GenerationRequest(
         kind=kind,
         model=body.model or default_model,
         prompt=prompt,
         messages=messages,
-        max_tokens=max_tokens or default_max,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        n=body.n,
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        n=n,
         stop=body.stop_list(),
         seed=body.seed,
         request_id=request_id,
-        extra=extra,
+        prompts=prompts,
+        include_stop_str=bool(body.include_stop_str_in_output),
+        ignore_eos=bool(body.ignore_eos),
+        **shapes,
     )
     return request, body

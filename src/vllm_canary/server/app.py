@@ -1,6 +1,6 @@
-"""The OpenAI-compatible front of a model server: validation, wire format, metrics, request
-log. Engines (sim, vllm, upstream) only produce text deltas; everything a client or an
-operator sees is done here, the same way for every engine."""
+"""The OpenAI-compatible front of the simulator (`--engine sim`): validation (api.py), vLLM's
+wire shapes (wire.py), metrics and the request log. The engine produces deltas; everything
+a client or an operator sees is done here."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ from vllm_canary.server.engines.base import (
 from vllm_canary.server.metrics import ServerMetrics
 from vllm_canary.server.requestlog import RequestLog, sampled
 from vllm_canary.server.settings import ServeSettings
+from vllm_canary.server.wire import (
+    ChoiceState,
+    role_chunk,
+    stream_choice,
+    whole_choice,
+    whole_extras,
+)
 
 log = logging.getLogger("vllm_canary.server")
 
@@ -48,8 +55,7 @@ class Trace:
     status: int = 500
     first_token_at: float | None = None
     last_token_at: dict[int, float] = field(default_factory=dict)
-    texts: dict[int, str] = field(default_factory=dict)
-    finish: dict[int, str | None] = field(default_factory=dict)
+    choices: dict[int, ChoiceState] = field(default_factory=dict)
     usage: Usage | None = None
     error: str | None = None
 
@@ -64,9 +70,13 @@ class Trace:
         if previous is not None:
             metrics.token_latency.observe(now - previous)
         self.last_token_at[event.index] = now
-        self.texts[event.index] = self.texts.get(event.index, "") + event.text
-        if event.finish_reason is not None:
-            self.finish[event.index] = event.finish_reason
+        self.choice(event.index).add(event)
+
+    def choice(self, index: int) -> ChoiceState:
+        state = self.choices.get(index)
+        if state is None:
+            state = self.choices[index] = ChoiceState()
+        return state
 
 
 class ModelServer:
@@ -214,7 +224,7 @@ class ModelServer:
                            f"{', '.join(self.engine.model_names())}.", param="model",
                            code="model_not_found")
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return gen, body.stream, include_usage
+        return gen, bool(body.stream), include_usage
 
     async def _complete(self, gen: GenerationRequest, trace: Trace,
                         response_id: str) -> web.Response:
@@ -224,22 +234,16 @@ class ModelServer:
             async for event in events:
                 trace.on_event(event, metrics)
         usage = trace.usage or Usage(0, 0)
-        choices = []
-        for i in range(gen.n):
-            text, finish = trace.texts.get(i, ""), trace.finish.get(i, "stop")
-            if gen.kind == "chat":
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "logprobs": None, "finish_reason": finish})
-            else:
-                choices.append({"index": i, "text": text, "logprobs": None,
-                                "finish_reason": finish})
+        count = len(gen.prompt_list()) * gen.n
+        choices = [whole_choice(gen, i, trace.choice(i)) for i in range(count)]
         body: dict[str, Any] = {
             "id": response_id,
             "object": "chat.completion" if gen.kind == "chat" else "text_completion",
             "created": int(time.time()),
             "model": gen.model,
             "choices": choices,
-            "usage": _usage(usage),
+            "usage": {**_usage(usage), "prompt_tokens_details": None},
+            **whole_extras(gen.kind),
         }
         if gen.kind == "completion":
             body["text"] = choices[0]["text"]  # the seed reads `jq -r .text`
@@ -258,13 +262,16 @@ class ModelServer:
             response = web.StreamResponse(headers=SSE_HEADERS)
             await response.prepare(request)
             trace.status = 200
-            started_roles: set[int] = set()
+            head = {"id": response_id, "object": obj, "created": created, "model": gen.model}
+            if gen.kind == "chat" and first is not None:  # vLLM: one role chunk per choice
+                for i in range(gen.n):
+                    await response.write(_sse({**head, "choices": [role_chunk(i)]}))
             try:
                 async for event in _prepend(first, events):
                     trace.on_event(event, metrics)
                     if isinstance(event, Delta):
-                        chunk = _chunk(response_id, obj, created, gen, event, started_roles)
-                        await response.write(_sse(chunk))
+                        choice = stream_choice(gen, event, trace.choice(event.index))
+                        await response.write(_sse({**head, "choices": [choice]}))
             except EngineError as exc:  # failed mid-stream: tell the client in-band
                 trace.status, trace.error = exc.status, exc.message
                 await response.write(_sse(exc.body()))
@@ -316,12 +323,15 @@ class ModelServer:
             if gen.kind == "chat":
                 record["messages"] = gen.messages
             else:
-                record["prompt"] = gen.prompt
+                record["prompt"] = _logged_prompt(gen)
             record["params"] = {"max_tokens": gen.max_tokens, "temperature": gen.temperature,
                                 "top_p": gen.top_p, "n": gen.n, "stop": gen.stop,
                                 "seed": gen.seed, "stream": stream}
-            record["completion"] = trace.texts.get(0, "")
-            record["finish_reason"] = trace.finish.get(0)
+            first = trace.choice(0)
+            record["completion"] = first.text
+            record["finish_reason"] = first.finish
+            if first.tool_name is not None:
+                record["tool_calls"] = first.tool_calls()
             record["error"] = trace.error
         self.request_log.write(record)
 
@@ -331,20 +341,12 @@ def _usage(usage: Usage) -> dict[str, int]:
             "total_tokens": usage.prompt_tokens + usage.completion_tokens}
 
 
-def _chunk(response_id: str, obj: str, created: int, gen: GenerationRequest, delta: Delta,
-           started_roles: set[int]) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": delta.index, "logprobs": None,
-                              "finish_reason": delta.finish_reason}
-    if gen.kind == "chat":
-        content: dict[str, Any] = {"content": delta.text}
-        if delta.index not in started_roles:
-            started_roles.add(delta.index)
-            content = {"role": "assistant", **content}
-        choice["delta"] = content
-    else:
-        choice["text"] = delta.text
-    return {"id": response_id, "object": obj, "created": created, "model": gen.model,
-            "choices": [choice]}
+def _logged_prompt(gen: GenerationRequest) -> str | list[Any]:
+    """The prompt as the client sent it: a string, or a list (of strings or token ids)."""
+    if not gen.prompts:
+        return gen.prompt
+    prompts = [p if isinstance(p, str) else list(p) for p in gen.prompts]
+    return prompts[0] if len(prompts) == 1 and isinstance(prompts[0], list) else prompts
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
