@@ -95,9 +95,9 @@ def test_gateway_process_serves_the_rendered_routes(render, serve_process, tmp_p
     port, mport, aport = procs.free_port(), procs.free_port(), procs.free_port()
     gw = procs.start([CLI, "gateway", "--routes", str(routes), "--host", "127.0.0.1",
                       "--port", str(port), "--metrics-port", str(mport), "--admin-port",
-                      str(aport), "--admin-token", "t", "--seed", "3",
+                      str(aport), "--seed", "3",
                       "--upstream", f"v1={v1.url}", "--upstream", f"v2={v2.url}"],
-                     log=tmp_path / "gateway.log")
+                     env={"VLLM_CANARY_ADMIN_TOKEN": "t"}, log=tmp_path / "gateway.log")
     try:
         procs.wait_http(f"http://127.0.0.1:{mport}/metrics", 60, gw)
 

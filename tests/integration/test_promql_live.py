@@ -86,11 +86,10 @@ def _start_gateway(
     routes.write_text(yaml.safe_dump_all(docs))
     port, mport, aport = procs.free_port(), procs.free_port(), procs.free_port()
     argv = [CLI, "gateway", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port),
-            "--metrics-port", str(mport), "--admin-port", str(aport), "--admin-token", "t",
-            "--seed", "1"]
+            "--metrics-port", str(mport), "--admin-port", str(aport), "--seed", "1"]
     for v in ("v1", "v2"):
         argv += ["--upstream", f"{v}={servers[v].url}"]
-    proc = procs.start(argv, log=tmp / "gateway.log")
+    proc = procs.start(argv, env={"VLLM_CANARY_ADMIN_TOKEN": "t"}, log=tmp / "gateway.log")
     try:
         procs.wait_http(f"http://127.0.0.1:{mport}/metrics", 60, proc)
     except Exception:

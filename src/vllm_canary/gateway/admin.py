@@ -36,7 +36,9 @@ def admin_app(store: RouteStore, token: str) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != "/healthz":
-            given = request.headers.get("Authorization", "").encode()
+            # aiohttp keeps undecodable header bytes as surrogate escapes: encode them back, so
+            # a malformed Authorization is a wrong token (401), not an encoding error (500).
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 return error(401, "missing or wrong admin token: send "
                              "`Authorization: Bearer <token>`", "authentication_error",

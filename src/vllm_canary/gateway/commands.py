@@ -48,6 +48,8 @@ def add_gateway_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="fix the random weighted choices")
     p.add_argument("--max-mirrors-in-flight", type=int,
                    help="mirror copies in flight per version before more are dropped (64)")
+    p.add_argument("--max-mirrors-in-flight", type=int,
+                   help="mirror copies in flight per version before more are dropped (64)")
     p.add_argument("--access-log", action="store_const", const=True, help="log every request")
     p.set_defaults(handler=_run_gateway)
 

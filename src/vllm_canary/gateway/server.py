@@ -112,6 +112,7 @@ class Gateway:
         rng = random.Random(s.seed) if s.seed is not None else random.Random()
         self.proxy = Proxy(self.store, self.endpoints, self.telemetry, self.session, rng,
                            connect_timeout=s.connect_timeout, idle_timeout=s.idle_timeout,
+                           max_mirrors_in_flight=s.max_mirrors_in_flight,
                            access_log=log if s.access_log else None)
         for ep in self.endpoints.all:
             self.telemetry.upstream_healthy.labels(ep.url, ep.workload, ep.version).set(1)

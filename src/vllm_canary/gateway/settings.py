@@ -30,6 +30,8 @@ class GatewaySettings(BaseModel):
     connect_timeout: float = Field(default=10.0, gt=0.0)  # Envoy's default
     idle_timeout: float = Field(default=300.0, gt=0.0)  # Envoy's stream idle timeout
     seed: int | None = None  # fixes weighted choices (tests, drills)
+    # Mirror copies in flight per version before more are dropped (gateway/mirror.py).
+    max_mirrors_in_flight: int = Field(default=64, ge=0)
     access_log: bool = False
 
     @model_validator(mode="after")

@@ -92,7 +92,9 @@ class Telemetry:
         self._children: dict[tuple[DestinationLabels, int, str], tuple[Any, ...]] = {}
         self.mirror_dropped = Counter(
             "vllm_canary_gateway_mirror_dropped",
-            "Mirror copies not sent because too many were already in flight.", registry=registry)
+            "Mirror copies not sent; reason=saturated: the version already had the most "
+            "copies in flight that mirroring may take (gateway/mirror.py).",
+            ("destination_version", "reason"), registry=registry)
 
     def record(self, dest: DestinationLabels, code: int, flags: list[str], duration_s: float,
                request_bytes: int, response_bytes: int) -> None:
