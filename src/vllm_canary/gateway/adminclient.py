@@ -71,5 +71,9 @@ class AdminClient:
         return self.call("PUT", "/weights", {"weights": weights},
                          {"route": route} if route else None)
 
+    def set_mirror(self, percent: float, subset: str = "v2") -> dict[str, Any]:
+        """Mirror `percent`% of the weighted routes to `subset` (0 removes the mirror)."""
+        return self.call("PUT", "/mirror", {"subset": subset, "percent": percent})
+
     def reload(self) -> dict[str, Any]:
         return self.call("POST", "/reload")

@@ -32,6 +32,7 @@ from vllm_canary.server.engines.base import (
 from vllm_canary.server.metrics import ServerMetrics
 from vllm_canary.server.requestlog import RequestLog, sampled
 from vllm_canary.server.settings import ServeSettings
+from vllm_canary.server.shadow import ShadowMetrics, is_shadow
 from vllm_canary.server.wire import (
     ChoiceState,
     role_chunk,
@@ -58,6 +59,7 @@ class Trace:
     choices: dict[int, ChoiceState] = field(default_factory=dict)
     usage: Usage | None = None
     error: str | None = None
+    shadow: bool = False  # a mirrored request (server/shadow.py): kept out of served series
 
     def on_event(self, event: Event, metrics: ServerMetrics) -> None:
         now = time.perf_counter()
@@ -67,7 +69,7 @@ class Trace:
         if self.first_token_at is None:
             self.first_token_at = now
         previous = self.last_token_at.get(event.index)
-        if previous is not None:
+        if previous is not None and not self.shadow:
             metrics.token_latency.observe(now - previous)
         self.last_token_at[event.index] = now
         self.choice(event.index).add(event)
@@ -95,6 +97,7 @@ class ModelServer:
             request_log.register(self.registry)
         self.model = settings.served_model_name()
         self.metrics: ServerMetrics | None = None
+        self.shadow_metrics: ShadowMetrics | None = None
         self.draining = False
         # The simulator reports its own utilization; real engines get NVML's (or none).
         self.utilization = getattr(engine, "utilization", None) or utilization
@@ -108,6 +111,7 @@ class ModelServer:
             log.warning("no model name known at start (upstream not reachable?): metrics are "
                         "labelled model=\"unknown\"; pass --model-name to set it")
         self.metrics = ServerMetrics(self.registry, self.version, self.model, self.engine.name)
+        self.shadow_metrics = ShadowMetrics(self.registry, self.version, self.model)
 
     async def close(self) -> None:
         await self.engine.close()
@@ -183,7 +187,7 @@ class ModelServer:
     async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         metrics = self.metrics
         assert metrics is not None, "ModelServer.start() was not awaited"
-        trace = Trace()
+        trace = Trace(shadow=is_shadow(request.headers))
         response_id = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
         request_id = request.headers.get("x-request-id") or response_id
         gen: GenerationRequest | None = None
@@ -291,14 +295,20 @@ class ModelServer:
         metrics = self.metrics
         assert metrics is not None
         elapsed = time.perf_counter() - trace.started
-        metrics.count(trace.status)
-        metrics.latency.observe(elapsed)
         ttft = None if trace.first_token_at is None else trace.first_token_at - trace.started
-        if ttft is not None:
-            metrics.ttft.observe(ttft)
-        if trace.usage is not None:
-            metrics.prompt_tokens.inc(trace.usage.prompt_tokens)
-            metrics.generation_tokens.inc(trace.usage.completion_tokens)
+        if trace.shadow and self.shadow_metrics is not None:  # never in the served series
+            usage = trace.usage
+            self.shadow_metrics.record(trace.status, elapsed, ttft,
+                                       usage.prompt_tokens if usage else None,
+                                       usage.completion_tokens if usage else None)
+        else:
+            metrics.count(trace.status)
+            metrics.latency.observe(elapsed)
+            if ttft is not None:
+                metrics.ttft.observe(ttft)
+            if trace.usage is not None:
+                metrics.prompt_tokens.inc(trace.usage.prompt_tokens)
+                metrics.generation_tokens.inc(trace.usage.completion_tokens)
         if self.request_log is None or gen is None:
             return
         if not sampled(gen.request_id, self.request_log.sample_rate):
@@ -319,6 +329,8 @@ class ModelServer:
             "opt_out": opt_out,
             "redacted": False,
         }
+        if trace.shadow:  # the contract of docs/darklaunch.md: same request_id as the served line
+            record["shadow"] = True
         if not opt_out:
             if gen.kind == "chat":
                 record["messages"] = gen.messages

@@ -44,6 +44,7 @@ from vllm_canary.server.metrics import ServerMetrics
 from vllm_canary.server.observe import GENERATION, Observation, endpoint_label
 from vllm_canary.server.requestlog import RequestLog, redact, sampled
 from vllm_canary.server.settings import ServeSettings
+from vllm_canary.server.shadow import ShadowMetrics, is_shadow
 
 log = logging.getLogger("vllm_canary.server")
 
@@ -93,6 +94,7 @@ class RelayFront:
         self.utilization = utilization
         self.model = settings.served_model_name()
         self.metrics: ServerMetrics | None = None
+        self.shadow_metrics: ShadowMetrics | None = None
         self.draining = False
         self.timeout = settings.upstream_timeout
         self._stamp = {"x-model-version": self.version}
@@ -111,6 +113,7 @@ class RelayFront:
             log.warning("no model name known at start (upstream not reachable?): metrics are "
                         "labelled model=\"unknown\"; pass --model-name to set it")
         self.metrics = ServerMetrics(self.registry, self.version, self.model, self.engine.name)
+        self.shadow_metrics = ShadowMetrics(self.registry, self.version, self.model)
         self._watchdog = asyncio.create_task(self._expire_silent(), name="relay-watchdog")
 
     async def close(self) -> None:
@@ -284,7 +287,8 @@ class RelayFront:
         metrics = self.metrics
         assert metrics is not None, "RelayFront.start() was not awaited"
         started = time.perf_counter()
-        obs = Observation(kind, started, metrics.token_latency.observe)
+        shadow = is_shadow(inc.lower)  # a mirror (server/shadow.py): kept out of served series
+        obs = Observation(kind, started, _no_gap if shadow else metrics.token_latency.observe)
         status, error, data = 500, None, None
         metrics.in_flight.inc()
         try:
@@ -334,17 +338,21 @@ class RelayFront:
                 status: int, error: str | None, elapsed: float) -> None:
         metrics = self.metrics
         assert metrics is not None
-        metrics.count(status)
-        metrics.count_api(inc.path, status)
-        metrics.latency.observe(elapsed)
         ttft = obs.ttft()
-        if ttft is not None:
-            metrics.ttft.observe(ttft)
         prompt_tokens, completion_tokens = obs.prompt_tokens(), obs.completion_tokens()
-        if prompt_tokens:
-            metrics.prompt_tokens.inc(prompt_tokens)
-        if completion_tokens:
-            metrics.generation_tokens.inc(completion_tokens)
+        shadow = is_shadow(inc.lower)
+        if shadow and self.shadow_metrics is not None:
+            self.shadow_metrics.record(status, elapsed, ttft, prompt_tokens, completion_tokens)
+        else:
+            metrics.count(status)
+            metrics.count_api(inc.path, status)
+            metrics.latency.observe(elapsed)
+            if ttft is not None:
+                metrics.ttft.observe(ttft)
+            if prompt_tokens:
+                metrics.prompt_tokens.inc(prompt_tokens)
+            if completion_tokens:
+                metrics.generation_tokens.inc(completion_tokens)
         request_log = self.request_log
         if request_log is None or data is None:
             return
@@ -367,6 +375,8 @@ class RelayFront:
             "opt_out": opt_out,
             "redacted": False,
         }
+        if shadow:  # the contract of docs/darklaunch.md: same request_id as the served line
+            record["shadow"] = True
         if not opt_out:
             record.update(_request_text(kind, data))
             record["params"] = {k: v for k, v in data.items() if k not in NOT_PARAMS}
@@ -381,6 +391,10 @@ class RelayFront:
             record["usage"] = obs.usage
             record["error"] = error
         request_log.write(record)
+
+
+def _no_gap(seconds: float) -> None:
+    """A shadow answer's inter-token gaps are not served traffic's: not observed."""
 
 
 def _request_text(kind: str, data: dict[str, Any]) -> dict[str, Any]:
