@@ -104,11 +104,12 @@ def test_prometheus_agrees_with_direct_scrape(endpoints: dict[str, str], tmp_pat
     jobs = [promserver.ScrapeJob(name, [endpoints[name]], metrics_path=f"/{name}/metrics")
             for name in ("gw", "v1", "v2")]
     with promserver.PrometheusServer(tmp_path / "prom", jobs) as prom:
-        src = PrometheusSource(prom.url)
         deadline = time.monotonic() + 60
         snap: Snapshot = {}
         while time.monotonic() < deadline:
-            snap = src.snapshot()
+            # A fresh source's first snapshot is the level of every counter (what a window
+            # starts from); later ones add the increases since it.
+            snap = PrometheusSource(prom.url).snapshot()
             if all(v in snap and "itl" in snap[v].histograms and snap[v].up is not None
                    for v in TRAFFIC):
                 break

@@ -31,6 +31,7 @@ class Controller:
         self.analyzer = Analyzer(strategy.analysis, self.stable, self.canary, query,
                                  state.analysis or None)
         self.abort_since: float | None = None
+        self.polled = False  # this controller's source has answered once
         self.registry = registry = registry or CollectorRegistry()
         self.g_phase = Gauge("vllm_canary_rollout_phase", "1 for the rollout's current phase",
                              ["phase"], registry=registry)
@@ -118,7 +119,11 @@ class Controller:
             s.source_error = f"metrics unavailable: {exc}"
             return
         s.source_error = ""
-        previous = _load_snapshot(s.last_snapshot)
+        # A source's counts start at its own first poll (metrics/base.py), so this
+        # controller's first snapshot (a fresh source, e.g. after a restart) is differenced
+        # with nothing: the persisted one came from another source's life.
+        previous = _load_snapshot(s.last_snapshot) if self.polled else None
+        self.polled = True
         if previous is not None and s.weights.get(self.canary, 0) > 0:
             self.analyzer.observe(window(previous, current), current)
         s.last_snapshot = {v: st.to_dict() for v, st in current.items()}

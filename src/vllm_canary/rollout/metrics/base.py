@@ -1,6 +1,12 @@
 """What a metric source gives the controller: cumulative per-version counters and histograms
 at one instant. Windows are differences of two snapshots, so Prometheus and direct scraping
-go through the same analysis."""
+go through the same analysis.
+
+A source builds its per-version counts from per-series increases (rate before sum,
+prometheus/prometheus#13903): the level at its first poll plus what every series added since,
+a restarted series counting from zero and a departed one keeping what it had. So within one
+source's life a version's counts never go down, whatever the pods do; see counters.py
+(direct scrape) and prometheus.py (`increase()`)."""
 
 from __future__ import annotations
 
@@ -38,7 +44,9 @@ class VersionStats:
         if older is None:
             return self
         if self.requests < older.requests or self.errors < older.errors:
-            return self  # counters reset: the process restarted, take what it has now
+            # Only across two sources' lives (a restarted controller's fresh source starts at
+            # its own first poll): take what the new one has counted.
+            return self
         return VersionStats(
             self.requests - older.requests, self.errors - older.errors,
             {k: h.minus(older.histograms.get(k)) for k, h in self.histograms.items()},
