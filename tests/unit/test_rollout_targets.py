@@ -61,6 +61,10 @@ def test_flags_and_missing_stack(stack_file: Path) -> None:
     target = target_from_args(parse("--admin-url", "http://x", "--scrape", "http://g/metrics",
                                     "v2=http://s2/metrics"))
     assert target["source"]["servers"] == {"v2": "http://s2/metrics"}
+    pods = target_from_args(parse("--admin-url", "http://x", "--scrape", "http://g/metrics",
+                                  "v2=http://a/metrics", "v2=http://b/metrics"))
+    assert pods["source"]["servers"] == {"v2": ["http://a/metrics", "http://b/metrics"]}
+    assert build_source(pods).server_urls == {"v2": ["http://a/metrics", "http://b/metrics"]}
     with pytest.raises(UserError, match="no metric source"):
         target_from_args(parse("--admin-url", "http://127.0.0.1:1"))
     source_only = target_from_args(parse("--prometheus", "http://p"), actuator_needed=False)

@@ -25,7 +25,7 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prometheus", metavar="URL", help="read metrics through Prometheus")
     g.add_argument("--scrape", nargs="*", metavar="URL",
                    help="scrape these /metrics: the gateway's, then VERSION=URL per server "
-                        "(default: the local stack's)")
+                        "(a version repeated once per pod; default: the local stack's)")
 
 
 def target_from_args(args: argparse.Namespace, actuator_needed: bool = True) -> dict[str, Any]:
@@ -47,10 +47,15 @@ def target_from_args(args: argparse.Namespace, actuator_needed: bool = True) -> 
     if prom:
         source: dict[str, Any] = {"kind": "prometheus", "url": prom}
     elif args.scrape:
-        servers = {}
+        servers: dict[str, Any] = {}
         for i, item in enumerate(args.scrape[1:]):
             version, sep, url = item.partition("=")
-            servers[version if sep else f"server{i}"] = url if sep else item
+            key, url = (version, url) if sep else (f"server{i}", item)
+            if key in servers:  # one version on several pods: v2=URL1 v2=URL2
+                servers[key] = [*([servers[key]] if isinstance(servers[key], str)
+                                  else servers[key]), url]
+            else:
+                servers[key] = url
         source = {"kind": "scrape", "gateway": args.scrape[0], "servers": servers}
     elif stack:
         source = {"kind": "scrape", "gateway": stack.gateway_metrics_url,
