@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 up: $(STAMP)
+	@scripts/ensure-prometheus.sh
 	$(BIN)/vllm-canary up
 
 # Installs the real components the tests start (Prometheus, nginx, vLLM CPU build,
