@@ -10,11 +10,12 @@ It answers the request shapes vLLM answers (see server/api.py for what it refuse
 prompt lists and token-id prompts (choice index = prompt index * n + choice, as vLLM's
 serving_completion.py numbers them), `echo`, `n`, logprobs (simplan.py), stop strings
 with vLLM's hold-back (simplan.stop_pieces), JSON response formats (simjson.py), and tool
-calls. Which tool is called: `tool_choice` names it, or with "required" the first tool whose
-name appears in the last user message (else the first tool). With "auto" (vLLM's default
-when `tools` are given) the simulator calls a tool the same way when the last message is a
-user's, and answers in text when it is a tool result, so an agent loop ends after one call.
-finish_reason is "tool_calls" for auto and required, "stop" for a named function, as vLLM
+calls. Which tool is called: the one `tool_choice` names; with "required", the tool whose
+name shares the most words with the last user message ("get_weather" for "weather in
+Paris?"), the first on a tie. With "auto" (vLLM's default when `tools` are given) the
+simulator calls a tool the same way when the last message is a user's, and answers in text
+when it is a tool result, so an agent loop ends after one call. finish_reason is
+"tool_calls" for auto and required, "stop" for a named function, as vLLM
 (chat_completion/serving.py) and OpenAI do.
 """
 
@@ -26,6 +27,7 @@ import hashlib
 import itertools
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -284,5 +286,10 @@ def pick_tool(request: GenerationRequest) -> ToolSpec | None:
     last = (request.messages or [{}])[-1]
     if request.tool_choice == "auto" and last.get("role") != "user":
         return None
-    said = str(last.get("content") or "").lower()
-    return next((t for t in request.tools if t.name.lower() in said), request.tools[0])
+    content = last.get("content") or ""
+    if isinstance(content, list):  # text parts
+        content = " ".join(str(part.get("text", "")) for part in content)
+    said = set(re.findall(r"[a-z0-9]+", str(content).lower()))
+    scores = [len(said.intersection(re.findall(r"[a-z0-9]+", t.name.lower())))
+              for t in request.tools]
+    return request.tools[scores.index(max(scores))]  # the first of the best
