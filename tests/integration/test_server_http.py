@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,65 @@ async def test_request_log_fields_and_opt_out(tmp_path: Path) -> None:
     assert first["params"]["max_tokens"] == 2 and first["ttft_s"] > 0
     assert second["opt_out"] is True
     assert "messages" not in second and "completion" not in second
+
+
+async def test_nulls_prompt_lists_and_vllm_fields_over_http() -> None:
+    client, _ = await make_client()
+    # OpenAI's schema marks these nullable: null means the default (was a 400).
+    resp = await client.post("/v1/completions", json={
+        "prompt": ["hello", "the model"], "n": 2, "max_tokens": 3, "temperature": None,
+        "top_p": None, "stream": None, "logprobs": None, "echo": None})
+    body = await resp.json()
+    assert resp.status == 200
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]  # prompt * n + choice
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 12, "total_tokens": 15,
+                             "prompt_tokens_details": None}
+    first = body["choices"][0]
+    assert first["stop_reason"] is None and first["logprobs"] is None
+    assert body["text"] == first["text"]
+    assert {"service_tier", "system_fingerprint", "kv_transfer_params"} <= set(body)
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": 2,
+        "stream": True})
+    events = [e for e in (await resp.text()).split("\n\n") if e.startswith("data: {")]
+    # vLLM opens a chat stream with one role chunk per choice, before any token.
+    assert ['"role":"assistant","content":""' in e for e in events[:2]] == [True, True]
+    assert all('"stop_reason"' in e for e in events if '"finish_reason":"length"' in e)
+    await client.close()
+
+
+@pytest.mark.parametrize(("payload", "says"), [
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]}]},
+     "only text content parts, not 'image_url'"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"42": 5}},
+     "does not implement the setting 'logit_bias'"),
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {
+        "type": "json_schema", "json_schema": {"name": "z", "schema": {
+            "type": "object", "properties": {"zip": {"type": "string", "pattern": "^\\\\d+$"}}}}}},
+     "schema keyword 'pattern'"),
+])
+async def test_what_the_sim_cannot_do_is_a_400_saying_so(payload: dict, says: str) -> None:
+    client, _ = await make_client()
+    resp = await client.post("/v1/chat/completions", json=payload)
+    body = await resp.json()
+    assert resp.status == 400 and says in body["error"]["message"]
+    await client.close()
+
+
+async def test_request_log_records_tool_call_arguments(tmp_path: Path) -> None:
+    client, server = await make_client(tmp_path)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "look it up"}], "tools": tools,
+        "tool_choice": "required", "stream": True})
+    await resp.text()
+    await client.close()
+    await server.close()
+    [path] = tmp_path.glob("*.jsonl")
+    [record] = list(read_records([path], ReadStats()))
+    [call] = record["tool_calls"]
+    assert call["function"]["name"] == "lookup"
+    assert "q" in json.loads(call["function"]["arguments"])
+    assert record["finish_reason"] == "tool_calls" and record["status"] == 200
