@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+
+import pytest
 
 from tests.fixtures.gateway import HOST, FakeUpstream, StartGateway, vs_yaml
 from tests.integration.test_gateway_proxy import sample, wait_for_sample
+from vllm_canary.gateway import h1server
 from vllm_canary.gateway.server import Gateway
 
 # x-ab-test: v2 goes to v2, everything else to v1: answers say which one served them.
@@ -115,7 +119,84 @@ async def test_malformed_request_is_400(start_gateway: StartGateway,
     await asyncio.sleep(0.05)
     writer.write(b"a" * 70_000)
     status, _, body = await read_answer(reader)
-    assert status == 400 and "too large" in json.loads(body)["error"]["message"]
+    assert status == 431 and "exceed" in json.loads(body)["error"]["message"]
+    assert not upstreams["v1"].requests
+
+
+HEAD_LIMITS = {
+    "bad request line": b"GET\r\n\r\n",
+    "unknown method": b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+    "space in header name": b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n",
+    "bare LF in request line": b"GET /\nx HTTP/1.1\r\n\r\n",
+    "101 headers": b"GET / HTTP/1.1\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(101))
+                   + b"\r\n",
+    "one 61 KiB header line": b"GET / HTTP/1.1\r\nx-big: " + b"a" * 61 * 1024 + b"\r\n\r\n",
+    "61 KiB URL": b"GET /" + b"a" * 61 * 1024 + b" HTTP/1.1\r\n\r\n",
+}
+
+
+async def test_malformed_and_oversized_heads_are_json_4xx_with_one_info_line(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Envoy's limits: 60 KiB of head, 100 headers (431); malformed HTTP is 400."""
+    gw = await start_gateway(AB_ROUTES)
+    caplog.set_level(logging.INFO, logger="vllm_canary.gateway")
+    for name, raw in HEAD_LIMITS.items():
+        caplog.clear()
+        reader, writer = await connect(gw)
+        writer.write(raw)
+        status, headers, body = await read_answer(reader)
+        error = json.loads(body)["error"]
+        assert status == (431 if error["code"] == "request_header_fields_too_large" else 400), \
+            name
+        assert status == 431 or "bad request" in error["message"], name
+        assert headers["content-type"] == "application/json", name
+        assert set(error) == {"message", "type", "param", "code"}
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        rejected = [r for r in caplog.records if "rejected a request" in r.getMessage()]
+        assert len(rejected) == 1 and rejected[0].levelno == logging.INFO, name
+        assert not any(r.exc_info for r in caplog.records), name
+    assert not upstreams["v1"].requests
+    # 100 headers and 58 KiB are still fine (each under the 8 KiB per line aiohttp's server,
+    # the upstream here, accepts)
+    reader, writer = await connect(gw)
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n"
+                 + b"".join(b"x-h%d: v\r\n" % i for i in range(92))
+                 + b"".join(b"x-big%d: %s\r\n" % (i, b"a" * 8000) for i in range(7)) + b"\r\n")
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
+
+
+async def test_slow_heads_and_stalled_bodies_are_408(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slowloris: a head trickling in, or a body that stops, does not hold a connection."""
+    monkeypatch.setattr(h1server, "HEAD_TIMEOUT", 1.0)
+    monkeypatch.setattr(h1server, "BODY_IDLE_TIMEOUT", 1.0)
+    gw = await start_gateway(AB_ROUTES)
+    reader, writer = await connect(gw)
+    writer.write(b"POST /v1/completions HTTP/1.1\r\n")
+    for _ in range(3):  # a byte now and then is not enough: the whole head has a deadline
+        await asyncio.sleep(0.25)
+        writer.write(b"x")
+    status, _, body = await read_answer(reader)
+    assert (status, json.loads(body)["error"]["code"]) == (408, "request_timeout")
+    reader, writer = await connect(gw)
+    writer.write(post()[:-5])  # all but the last 5 bytes of the body, then nothing
+    status, _, body = await read_answer(reader)
+    assert (status, json.loads(body)["error"]["code"]) == (408, "request_timeout")
+    assert not upstreams["v1"].requests
+
+
+async def test_expect_100_continue_with_an_oversized_body_is_413_at_once(
+        start_gateway: StartGateway, upstreams: dict[str, FakeUpstream]) -> None:
+    gw = await start_gateway(AB_ROUTES, max_request_bytes=4096)
+    reader, writer = await connect(gw)
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: 1000000\r\n\r\n")
+    status, headers, body = await read_answer(reader)  # no 100 Continue first, no body sent
+    assert status == 413 and headers["connection"] == "close"
+    assert "request body too large" in json.loads(body)["error"]["message"]
     assert not upstreams["v1"].requests
 
 

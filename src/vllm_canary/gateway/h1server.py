@@ -6,6 +6,16 @@ uses) and hands each complete request to one handler at a time per connection, s
 requests are answered in order. Bodies are read whole (Content-Length or chunked) up to a size
 limit; answers are written as they come (whole, Content-Length or chunked) with back-pressure;
 a client that goes away cancels its handler's task.
+
+Limits, as Envoy's HTTP connection manager has them, each answered by the front itself with an
+OpenAI-style JSON error, one INFO log line and a closed connection (never a traceback):
+- a request head over MAX_HEAD (60 KiB, Envoy's `max_request_headers_kb`) or with more than
+  MAX_HEADERS (100, Envoy's `max_headers_count`) headers: 431;
+- malformed HTTP (a bad request line, an unknown method, bad framing): 400;
+- a head not complete HEAD_TIMEOUT after its first byte, or a body that stops arriving for
+  BODY_IDLE_TIMEOUT (slowloris): 408, as Envoy's `request_headers_timeout` answers;
+- a declared body over the limit: the handler answers at once (413), without waiting for the
+  body or sending `100 Continue`.
 """
 
 from __future__ import annotations
@@ -25,7 +35,10 @@ import httptools
 log = logging.getLogger("vllm_canary.gateway")
 
 MAX_PIPELINED = 16  # parsed requests waiting behind the active one before reading pauses
-MAX_HEAD = 64 * 1024  # request line plus headers
+MAX_HEAD = 60 * 1024  # request line plus headers (Envoy's max_request_headers_kb default)
+MAX_HEADERS = 100  # Envoy's max_headers_count default
+HEAD_TIMEOUT = 30.0  # seconds from a request's first byte to the end of its head
+BODY_IDLE_TIMEOUT = 30.0  # seconds a request body may go without a byte
 KEEPALIVE_S = 75.0  # an idle keep-alive connection is closed after this long (aiohttp's default)
 REASONS = {int(s): s.phrase for s in http.HTTPStatus}
 JSON_HEADERS = {"content-type": "application/json"}
@@ -156,6 +169,10 @@ class Incoming:
 Handler = Callable[[Incoming], Awaitable[None]]
 
 
+class _Rejected(Exception):
+    """Raised from a parser callback to stop parsing a request the front refuses."""
+
+
 class _Conn(asyncio.Protocol):
     """One client connection: parser callbacks, the request queue and the write side."""
 
@@ -167,9 +184,10 @@ class _Conn(asyncio.Protocol):
         self.queue: deque[Incoming] = deque()
         self.task: asyncio.Task[None] | None = None
         self.drain: asyncio.Future[None] | None = None
-        self.closed = self.ignore = self.reading_paused = self.in_head = False
-        self.head_bytes = self.queued_bytes = 0
-        self.last_active = time.monotonic()
+        self.closed = self.ignore = self.reading_paused = self.in_head = self.in_body = False
+        self.head_bytes = self.queued_bytes = self.header_count = 0
+        self.last_active = self.head_started = time.monotonic()
+        self.rejection: tuple[int, str, str] | None = None
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.parts: list[bytes] = []
@@ -213,7 +231,8 @@ class _Conn(asyncio.Protocol):
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD:
                 self.ignore = True
-                return self._bad_request("request line and headers too large")
+                return self._reject(431, f"request line and headers exceed {MAX_HEAD} bytes",
+                                    "request_header_fields_too_large")
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -222,9 +241,12 @@ class _Conn(asyncio.Protocol):
                 inc.keep_alive = False
             if self.incoming is not None:
                 self.incoming.keep_alive = False
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, _Rejected) as exc:
             self.ignore = True
-            self._bad_request(str(exc) or "malformed HTTP request")
+            if self.rejection is not None:
+                self._reject(*self.rejection)
+            else:
+                self._bad_request(str(exc) or "malformed HTTP request")
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -243,16 +265,32 @@ class _Conn(asyncio.Protocol):
     # -- parser callbacks
     def on_message_begin(self) -> None:
         self.url, self.headers, self.parts, self.size = b"", [], [], 0
-        self.in_head, self.head_bytes = True, 0
+        self.in_head, self.head_bytes, self.header_count = True, 0, 0
+        self.head_started = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > MAX_HEADERS:
+            self.rejection = (431, f"more than {MAX_HEADERS} request headers",
+                              "request_header_fields_too_large")
+            raise _Rejected
+        self._count_head(len(name) + len(value) + 4)
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _count_head(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > MAX_HEAD:
+            self.rejection = (431, f"request line and headers exceed {MAX_HEAD} bytes",
+                              "request_header_fields_too_large")
+            raise _Rejected
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.in_body = True  # until on_message_complete (at once when there is no body)
         if self.ignore:  # pipelined behind a request that ends the connection
             return
         parser = self.parser
@@ -277,6 +315,7 @@ class _Conn(asyncio.Protocol):
             self.parts.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_body = False
         inc, self.incoming = self.incoming, None
         if inc is None or inc.too_large:
             return
@@ -292,13 +331,31 @@ class _Conn(asyncio.Protocol):
         self._dispatch(inc)
 
     def _bad_request(self, reason: str) -> None:
+        self._reject(400, f"bad request: {reason}", "bad_request")
+
+    def _reject(self, status: int, message: str, code: str) -> None:
+        """Answer `status` with a JSON error and close (after the requests already parsed)."""
+        self.ignore = True
+        log.info("rejected a request from %s: %d %s", self.remote, status, message)
         inc = Incoming(self, "GET", "/", "1.1", [], False)
         if self.task is None:
-            inc.respond(400, JSON_HEADERS, error_body(400, f"bad request: {reason}",
-                                                      "bad_request"))
+            if not self.closed:
+                inc.respond(status, JSON_HEADERS, error_body(status, message, code))
             self.close()
         else:  # answer the requests already parsed, then close
             self.queue.clear()
+
+    def check_timeouts(self, now: float) -> None:
+        """Slowloris: a head or body that arrives too slowly is a 408 (called every second)."""
+        if self.ignore or self.closed or self.reading_paused:
+            return
+        if self.in_head and now - self.head_started > HEAD_TIMEOUT:
+            self._reject(408, f"request headers not received within {HEAD_TIMEOUT:g}s",
+                         "request_timeout")
+        elif self.in_body and self.incoming is not None and \
+                now - self.last_active > BODY_IDLE_TIMEOUT:
+            self._reject(408, f"request body stalled for {BODY_IDLE_TIMEOUT:g}s",
+                         "request_timeout")
 
     def _dispatch(self, inc: Incoming) -> None:
         if self.task is not None:
@@ -361,12 +418,17 @@ class H1Server:
         return self
 
     async def _reap_idle(self) -> None:
-        """Close keep-alive connections idle for KEEPALIVE_S (one sweep for all of them)."""
+        """Once a second: 408 for heads and bodies that arrive too slowly, and close
+        keep-alive connections idle for KEEPALIVE_S (one sweep for all of them)."""
         while self.server is not None:
-            await asyncio.sleep(KEEPALIVE_S / 5)
-            cutoff = time.monotonic() - KEEPALIVE_S
-            for conn in [c for c in self.conns if c.task is None and c.last_active < cutoff]:
-                conn.close()
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            cutoff = now - KEEPALIVE_S
+            for conn in list(self.conns):
+                if conn.in_head or conn.in_body:
+                    conn.check_timeouts(now)
+                elif conn.task is None and conn.last_active < cutoff:
+                    conn.close()
 
     async def close(self) -> None:
         """Stop listening and drop every connection (their handlers are cancelled)."""
