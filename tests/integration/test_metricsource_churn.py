@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from tests.conftest import require
 from vllm_canary import promserver
+from vllm_canary.gateway import status
 from vllm_canary.procs import free_port
 from vllm_canary.rollout.metrics import PrometheusSource, ScrapeSource, Snapshot
 from vllm_canary.rollout.metrics.base import window
@@ -137,6 +138,9 @@ def test_direct_scrape_counts_what_was_sent_through_churn(pods: dict[str, list[P
     assert after["v2"].histograms["latency"].count - first["v2"].histograms["latency"].count \
         == requests - lost
     assert after["v2"].up is not False  # two of three pods answer
+    shown = status.from_window(window(first, after), 1.0)  # `vllm-canary status`, same rule
+    assert shown["v2"]["rps"] == requests - lost
+    assert shown["v2"]["error_ratio"] == (errors - lost_errors) / (requests - lost)
 
 
 def test_direct_scrape_a_version_down_only_when_no_pod_answers(
@@ -213,6 +217,7 @@ def test_prometheus_counts_what_was_sent_through_churn(pods: dict[str, list[Pod]
                 last = src.snapshot()  # polled every second, as the controller does
             end, v1_end = mark(pods["v2"]), mark(pods["v1"])
             raw_last = float(prom.query(raw)[0]["value"][1])
+            shown = status.from_prometheus(prom.url, 6.0)  # `vllm-canary status`: same windows
     requests, errors = end[0] - start[0], end[1] - start[1]
     got = counts(last, "v2")[0] - counts(first, "v2")[0], \
         counts(last, "v2")[1] - counts(first, "v2")[1]
@@ -224,5 +229,7 @@ def test_prometheus_counts_what_was_sent_through_churn(pods: dict[str, list[Pod]
     # Sum-then-subtract, the old way, would read a drop (a reset) here: the departed pod and
     # the restarted one take their history with them.
     assert raw_last - raw_first < 0 < requests
+    assert shown["v2"]["error_ratio"] == pytest.approx(0.3, abs=0.05)
+    assert 10 < shown["v2"]["rps"] < 70  # two pods at up to 20/s each
     v1 = counts(last, "v1")[0] - counts(first, "v1")[0]
     assert abs(v1 - (v1_end[0] - v1_start[0])) <= 20

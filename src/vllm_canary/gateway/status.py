@@ -1,7 +1,10 @@
 """`vllm-canary status`: per-version traffic, errors, latency percentiles, TTFT and weights.
 
-Reads Prometheus when the stack runs one (the same PromQL dashboards use), else scrapes the
-gateway and the servers twice, `--window` seconds apart, and computes the same numbers.
+Its windows are the rollout's (vllm_canary.rollout.metrics): per-series increases summed by
+version, so a pod that restarted or went away inside the window neither inflates nor hides its
+traffic. Through Prometheus when the stack runs one (`increase()` over the last minute, the
+same queries `rollout` polls), else by scraping the gateway and the servers twice, `--window`
+seconds apart, each target's series kept apart.
 """
 
 from __future__ import annotations
@@ -9,18 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import urllib.request
-from collections import defaultdict
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from vllm_canary import promserver, stackstate
+from vllm_canary import stackstate
 from vllm_canary.errors import NotRunningError, UserError
+from vllm_canary.rollout.metrics.base import Histogram, Snapshot, window
+from vllm_canary.rollout.metrics.samples import to_snapshot
 
-SEL = 'reporter="destination",destination_service_name="vllm-service"'
 QUANTILES = (0.5, 0.95, 0.99)
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+PROMETHEUS_WINDOW_S = 60.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,20 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prometheus", action="store_true", help="scrape directly")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run)
-
-
-def scrape(url: str, timeout: float = 5.0) -> Samples:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        text = resp.read().decode()
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def _delta(a: Samples, b: Samples) -> Samples:
-    return {k: v - a.get(k, 0.0) for k, v in b.items()}
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -66,62 +52,53 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return prev_bound
 
 
-def from_samples(gw: Samples, servers: Samples, seconds: float) -> dict[str, dict[str, Any]]:
-    """Per-version stats from counter deltas over `seconds`."""
-    rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"requests": 0.0, "errors": 0.0})
-    lat: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    ttft: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for (name, labels), value in gw.items():
-        lab = dict(labels)
-        if lab.get("reporter") != "destination" or lab.get("destination_service_name") != \
-                "vllm-service":
-            continue
-        version = lab.get("destination_version", "unknown")
-        if name == "istio_requests_total":
-            rows[version]["requests"] += value
-            if lab.get("response_code", "").startswith("5"):
-                rows[version]["errors"] += value
-        elif name == "istio_request_duration_milliseconds_bucket":
-            lat[version][float(lab["le"])] += value
-    for (name, labels), value in servers.items():
-        lab = dict(labels)
-        if name == "vllm_time_to_first_token_seconds_bucket":
-            ttft[lab.get("version", "unknown")][float(lab["le"]) * 1000.0] += value
-    out = {}
-    for version, row in sorted(rows.items()):
+def _buckets(h: Histogram | None, scale: float = 1.0) -> dict[float, float]:
+    if h is None:
+        return {}
+    return {**{b * scale: c for b, c in zip(h.bounds, h.cumulative, strict=False)},
+            float("inf"): h.count}
+
+
+def from_window(win: Snapshot, seconds: float) -> dict[str, dict[str, Any]]:
+    """Per-version stats of one window (a Snapshot of increases) that lasted `seconds`:
+    rps, error_ratio, p50/p95/p99 of the gateway's latency (ms), TTFT p50 (ms)."""
+    out: dict[str, dict[str, Any]] = {}
+    for version, st in sorted(win.items()):
         stats: dict[str, Any] = {
-            "rps": row["requests"] / seconds if seconds else None,
-            "error_ratio": row["errors"] / row["requests"] if row["requests"] else None,
+            "rps": st.requests / seconds if seconds else None,
+            "error_ratio": st.errors / st.requests if st.requests else None,
         }
+        lat = _buckets(st.histograms.get("latency"))
         for q in QUANTILES:
-            stats[f"p{int(q * 100)}_ms"] = quantile(q, lat[version])
-        stats["ttft_p50_ms"] = quantile(0.5, ttft[version])
+            stats[f"p{int(q * 100)}_ms"] = quantile(q, lat)
+        stats["ttft_p50_ms"] = quantile(0.5, _buckets(st.histograms.get("ttft"), 1000.0))
         out[version] = stats
     return out
 
 
-def from_prometheus(url: str) -> dict[str, dict[str, Any]]:
-    def by_version(promql: str) -> dict[str, float]:
-        return {r["metric"].get("destination_version") or r["metric"].get("version", "unknown"):
-                float(r["value"][1]) for r in promserver.query(url, promql)}
+def from_prometheus(url: str, seconds: float = PROMETHEUS_WINDOW_S) -> dict[str, dict[str, Any]]:
+    """The last `seconds` through Prometheus: per-series increase(), then summed by version."""
+    from vllm_canary.rollout.metrics import PrometheusSource
 
-    rps = by_version(f"sum by (destination_version) (rate(istio_requests_total{{{SEL}}}[1m]))")
-    errors = by_version("sum by (destination_version) "
-                        f'(rate(istio_requests_total{{{SEL},response_code=~"5.."}}[1m]))')
-    out: dict[str, dict[str, Any]] = {}
-    for version, value in sorted(rps.items()):
-        out[version] = {"rps": value,
-                        "error_ratio": errors.get(version, 0.0) / value if value else None}
-    for q in QUANTILES:
-        lat = by_version(f"histogram_quantile({q}, sum by (destination_version, le) "
-                         f"(rate(istio_request_duration_milliseconds_bucket{{{SEL}}}[1m])))")
-        for version, value in lat.items():
-            out.setdefault(version, {})[f"p{int(q * 100)}_ms"] = value
-    ttft = by_version("histogram_quantile(0.5, sum by (version, le) "
-                      "(rate(vllm_time_to_first_token_seconds_bucket[1m]))) * 1000")
-    for version, value in ttft.items():
-        out.setdefault(version, {})["ttft_p50_ms"] = value
-    return out
+    parts = PrometheusSource(url).increase(seconds)
+    has_traffic = any(n == "istio_requests_total" for n, _, _ in parts["gateway"])
+    return from_window(to_snapshot(parts["gateway"] if has_traffic else None, parts["servers"]),
+                       seconds)
+
+
+def from_scrape(state: stackstate.StackState, seconds: float) -> dict[str, dict[str, Any]]:
+    """Two direct scrapes `seconds` apart; raises NotRunningError when nothing answers."""
+    from vllm_canary.rollout.metrics import ScrapeSource
+
+    source = ScrapeSource(state.gateway_metrics_url,
+                          {v: s.metrics_url for v, s in state.servers.items()})
+    try:
+        before, t0 = source.snapshot(), time.monotonic()
+        time.sleep(seconds)
+        after = source.snapshot()
+    except OSError as exc:
+        raise NotRunningError(f"cannot read metrics from the stack: {exc}") from None
+    return from_window(window(before, after), time.monotonic() - t0)
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -150,14 +127,7 @@ def run(args: argparse.Namespace) -> int:
             stats = {}
     if not stats:
         source = f"direct scrape over {args.window:g}s"
-        server_urls = [s.metrics_url for s in state.servers.values()]
-        try:
-            gw0, sv0, t0 = scrape(state.gateway_metrics_url), _merge(server_urls), time.monotonic()
-            time.sleep(args.window)
-            gw1, sv1 = scrape(state.gateway_metrics_url), _merge(server_urls)
-        except OSError as exc:
-            raise NotRunningError(f"cannot read metrics from the stack: {exc}") from None
-        stats = from_samples(_delta(gw0, gw1), _delta(sv0, sv1), time.monotonic() - t0)
+        stats = from_scrape(state, args.window)
     versions = sorted(set(stats) | set(weights))
     if args.json:
         print(json.dumps({"source": source, "weights": weights, "versions": stats}, indent=2))
@@ -173,12 +143,3 @@ def run(args: argparse.Namespace) -> int:
               f"{_fmt(s.get('ttft_p50_ms'), 'ms'):>10}")
     return 0
 
-
-def _merge(urls: list[str]) -> Samples:
-    out: Samples = {}
-    for url in urls:
-        try:
-            out.update(scrape(url))
-        except OSError:
-            continue  # a server that is down shows no TTFT rather than failing the command
-    return out
