@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -328,4 +329,35 @@ def _edit(o: Checker, raw: Any, path: str) -> HeaderEdit:
 
     remove = tuple(o.string(x, f"{path}.remove[{i}]").lower()
                    for i, x in enumerate(o.items(e.get("remove"), f"{path}.remove")))
-    return HeaderEdit(pairs("set"), pairs("add"), remove)
+    edit = HeaderEdit(pairs("set"), pairs("add"), remove)
+    request = path.endswith(".request")
+    for key, names in (("set", [n for n, _ in edit.set]), ("add", [n for n, _ in edit.add]),
+                       ("remove", list(edit.remove))):
+        for name in names:
+            _check_header_op(o, f"{path}.{key}", name, request and key != "remove")
+    for name, value in (*edit.set, *edit.add):
+        if _BAD_VALUE.search(value):
+            o.fail(f"{path}.{name}", f"header value configuration {value!r} is invalid "
+                   "(Istio's validation: no control characters)")
+    return edit
+
+
+_BAD_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_header_op(o: Checker, path: str, name: str, request_set: bool) -> None:
+    """Istio's ValidateHTTPHeaderWithAuthorityOperationName (request set/add: no `:` pseudo
+    header but :authority/host) and ValidateHTTPHeaderOperationName (remove, and responses:
+    neither host nor a pseudo header)."""
+    if not name:
+        o.fail(path, "header name cannot be empty (Istio's validation)")
+    authority = name in (":authority", "host")
+    if request_set and name.startswith(":") and not authority:
+        o.fail(f"{path}.{name}", f'invalid header "{name}": header cannot have ":" prefix '
+               "(Istio's validation)")
+    if not request_set and name == "host":
+        o.fail(f"{path}.{name}", 'invalid header "host": cannot set Host header '
+               "(Istio's validation)")
+    if not request_set and name.startswith(":"):
+        o.fail(f"{path}.{name}", f'invalid header "{name}": header cannot have ":" prefix '
+               "(Istio's validation)")
