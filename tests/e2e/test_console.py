@@ -1,0 +1,280 @@
+"""The console in a real headless Chromium (Debian's `chromium`, driven by Playwright for
+Python through executable_path) on one `vllm-canary up` stack with steady traffic: every
+dashboard panel draws v1 and v2, the topology's rates agree with the gateway's /metrics, a
+weight set in the page is what `routes get` reads, and Abort puts 100/0.
+
+Screenshots go to test-artifacts/console/ (git-ignored) for a person to look at."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, require
+from tests.e2e.test_up import Stack, start_stack, stop_stack
+from vllm_canary import promserver
+
+ARTIFACTS = ROOT / "test-artifacts" / "console"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BODY = b'{"prompt":"hello","max_tokens":5}'
+pytestmark = pytest.mark.real
+
+
+class Traffic:
+    """Steady load through the gateway: 3 plain workers (90/10) and 1 with `x-ab-test: v2`,
+    so both versions get traffic whatever the weights are."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stop = url, threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i == 0,), daemon=True)
+                        for i in range(4)]
+
+    def _run(self, ab: bool) -> None:
+        headers = {"x-ab-test": "v2"} if ab else {}
+        while not self.stop.is_set():
+            req = urllib.request.Request(self.url + "/v1/completions", BODY, headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    resp.read()
+            except (urllib.error.URLError, OSError):
+                pass
+            self.stop.wait(0.04)
+
+    def __enter__(self) -> Traffic:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def _decision(day: str, decision: str) -> dict[str, Any]:
+    """A decision.json in the shape `vllm-canary evaluate` writes (decision_document)."""
+    return {"decision": decision, "reasons": [f"{day}: v2 scores higher (p=0.01)"],
+            "quality": {"score_diff": 0.42, "score_diff_ci": [0.1, 0.74], "rating_pvalue": 0.01,
+                        "n_pairs": 80, "win_share": 0.63, "win_share_ci": [0.52, 0.73],
+                        "pairwise_pvalue": 0.02, "n_decisive": 70,
+                        "scores": {"v1": 3.4, "v2": 3.82}, "agreement": {}},
+            "metrics": {}, "day": day, "baseline": "v1", "candidate": "v2", "rule": {},
+            "refused": 0, "generated_at": "2026-12-01T02:00:00+00:00"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require(promserver.find_binary() is not None, "prometheus", promserver.INSTALL_HINT)
+    require(Path(CHROMIUM).exists(), "chromium",
+            "apt-get install -y --no-install-recommends chromium (scripts/setup.d/40-chromium.sh)")
+    tmp = tmp_path_factory.mktemp("console")
+    for day, decision in (("20261130", "continue"), ("20261201", "promote")):
+        (tmp / "reports" / day).mkdir(parents=True)
+        (tmp / "reports" / day / "decision.json").write_text(json.dumps(_decision(day,
+                                                                                 decision)))
+    (tmp / "reports" / "20261201" / "report.html").write_text("<h1>report 20261201</h1>")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_CANARY_ROLLOUT_STATE", str(tmp / "rollout.json"))
+        s = start_stack(tmp)
+    try:
+        yield s
+    finally:
+        stop_stack(s)
+
+
+@pytest.fixture(scope="module")
+def traffic(stack: Stack) -> Iterator[Traffic]:
+    with Traffic(stack.url) as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, stack: Stack, traffic: Traffic) -> Iterator[Any]:
+    pg = browser.new_page(viewport={"width": 1500, "height": 1000})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("dialog", lambda d: d.accept())
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+def console_url(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.ports['--console-port']}"
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def routes_json(stack: Stack) -> dict[str, Any]:
+    out = stack.cli("routes", "get", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _panels(page: Any) -> dict[str, Any]:
+    return page.evaluate("""() => Object.fromEntries(Object.entries(window.consoleState.panels)
+        .map(([id, p]) => [id, {state: p.state, series: p.series,
+          strokes: window.consoleState.charts[id] ? window.consoleState.charts[id].series
+            .slice(1).map((s, i) => typeof s.stroke === "function" ?
+              s.stroke(window.consoleState.charts[id], i + 1) : s.stroke) : [],
+          xs: window.consoleState.charts[id] ? window.consoleState.charts[id].data[0].length : 0}]))
+    """)
+
+
+def test_every_panel_draws_v1_and_v2(page: Any, stack: Stack) -> None:
+    dashboard = json.loads((ROOT / "deploy/helm/vllm-canary/files/vllm-sre.json").read_text())
+    drawn = {str(p["id"]): p for p in dashboard["panels"] if p["type"] == "timeseries"}
+    native = {i for i, p in drawn.items() if "vllm:" in json.dumps(p["targets"])}
+    assert len(native) == 4 and len(drawn) >= 15  # KV cache, running/waiting, queue, prefix
+    page.goto(console_url(stack) + "/#dashboard")
+    deadline = time.monotonic() + 45
+    missing: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        panels = _panels(page)
+        missing = {}
+        for pid in drawn:
+            got = panels.get(pid, {"state": "absent", "series": []})
+            versions = {s["version"] for s in got["series"] if s["points"] >= 2}
+            if pid in native:  # the sim engine has no vLLM engine metrics: "No data"
+                if got["state"] != "nodata":
+                    missing[pid] = got
+            elif not {"v1", "v2"} <= versions:
+                missing[pid] = got
+        if not missing:
+            break
+        page.wait_for_timeout(1000)
+    shot(page, "dashboard")
+    assert not missing, missing
+    colours = page.evaluate("window.consoleState.cfg.colours")
+    for pid in set(drawn) - native:
+        p = panels[pid]
+        drawn_series = [s for s in p["series"] if s["points"] > 0]
+        assert p["strokes"] == [colours[s["version"]] for s in drawn_series], (pid, p)
+    for pid in native:
+        text = page.inner_text(f'.panel[data-panel-id="{pid}"] .nodata')
+        assert text.startswith("No data"), text
+    # $version honoured: only v1 ticked -> only v1 series.
+    page.uncheck('#versions input[value="All"]')
+    page.check('#versions input[value="v1"]')
+    page.wait_for_function("""() => Object.entries(window.consoleState.panels)
+        .every(([id, p]) => p.state !== "data" || p.series.every(s => s.version === "v1"))""",
+                           timeout=15000)
+    # The time range honoured: the x axis spans the chosen range.
+    page.check('#versions input[value="All"]')
+    page.select_option("#range", "now-5m")
+    page.wait_for_function("""() => { const c = window.consoleState.charts[2];
+        return c && c.data[0][c.data[0].length - 1] - c.data[0][0] <= 300; }""",
+                           timeout=15000)
+
+
+def _gateway_counts(stack: Stack) -> dict[str, float]:
+    url = f"http://127.0.0.1:{stack.ports['--metrics-port']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("istio_requests_total{") and 'reporter="destination"' in line:
+            version = re.search(r'destination_version="([^"]*)"', line).group(1)  # type: ignore[union-attr]
+            counts[version] = counts.get(version, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_topology_rates_agree_with_metrics(page: Any, stack: Stack) -> None:
+    page.goto(console_url(stack) + "/#topology")
+    page.wait_for_function("() => window.consoleState.topology !== null", timeout=15000)
+    window = float(page.evaluate("window.consoleState.topology.window").rstrip("s"))
+    c0, t0 = _gateway_counts(stack), time.monotonic()
+    page.wait_for_timeout(window * 1000)
+    c1, t1 = _gateway_counts(stack), time.monotonic()
+    want = {v: (c1[v] - c0.get(v, 0.0)) / (t1 - t0) for v in ("v1", "v2")}
+    page.wait_for_timeout(2500)  # the next refreshes read Prometheus' rate over that window
+    topo = page.evaluate("window.consoleState.topology")
+    shot(page, "topology")
+    edges = {e["id"]: e for e in topo["edges"]}
+    for v in ("v1", "v2"):
+        got = edges[f"gateway-{v}"]["rps"]
+        assert abs(got - want[v]) <= 0.25 * want[v] + 0.5, (v, got, want)
+        assert edges[f"gateway-{v}"]["error_pct"] == pytest.approx(0.0, abs=1.0)
+        assert edges[f"gateway-{v}"]["p95_ms"] > 0
+    total = edges["client-gateway"]["rps"]
+    assert abs(total - sum(want.values())) <= 0.25 * sum(want.values()) + 0.5
+    weights = routes_json(stack)["weights"]
+    assert {v: edges[f"gateway-{v}"]["weight"] for v in ("v1", "v2")} == weights
+    nodes = {n["id"]: n for n in topo["nodes"]}
+    assert nodes["v1"]["health"] == nodes["v2"]["health"] == "healthy"
+    assert page.locator('#edges tr[data-edge-id="gateway-v2"]').count() == 1
+
+
+def test_weights_and_abort_from_the_console(page: Any, stack: Stack) -> None:
+    token = json.loads(stack.state_file.read_text())["admin_token"]
+    page.goto(console_url(stack) + "/#routes")
+    page.wait_for_selector('#weights-inputs input[name="v2"]', timeout=15000)
+    page.fill('#weights-inputs input[name="v1"]', "70")
+    page.fill('#weights-inputs input[name="v2"]', "30")
+    page.click("#apply-weights")
+    page.wait_for_function("() => document.querySelector('#weights-msg').textContent"
+                           ".startsWith('applied')", timeout=15000)
+    assert routes_json(stack)["weights"] == {"v1": 70, "v2": 30}
+    page.wait_for_selector('#routes-table tr[data-route="canary"]')
+    assert "v1 70" in page.inner_text('#routes-table tr[data-route="canary"]')
+    shot(page, "routes")
+    assert token not in page.content()
+
+    page.goto(console_url(stack) + "/#rollout")
+    page.wait_for_selector("#abort")
+    page.click("#abort")  # the confirm() dialog is accepted by the fixture
+    page.wait_for_function("() => document.querySelector('#rollout-msg').textContent"
+                           ".includes('abort')", timeout=15000)
+    assert routes_json(stack)["weights"] == {"v1": 100, "v2": 0}
+    page.wait_for_timeout(2500)  # one more sample for the weight-over-time chart
+    shot(page, "rollout")
+    history = page.evaluate("window.consoleState.rollout.history")
+    assert any(p.get("weights", {}).get("v2") == 0 for p in history if p.get("weights"))
+
+    page.goto(console_url(stack) + "/#quality")
+    page.wait_for_selector("#decision", timeout=15000)
+    assert page.inner_text("#decision") == "promote"
+    assert "0.42" in page.inner_text("#quality-latest")
+    assert page.locator("#quality-history tr").count() == 3  # header + 2 days
+    href = page.get_attribute("#quality-latest a", "href")
+    with urllib.request.urlopen(console_url(stack) + href, timeout=10) as resp:
+        assert b"report 20261201" in resp.read()
+    shot(page, "quality")
+
+
+def test_cross_site_mutations_are_refused(stack: Stack) -> None:
+    """A page on another origin cannot change weights: no custom header without a CORS
+    preflight (never granted), and Origin / Sec-Fetch-Site are checked."""
+    url = console_url(stack) + "/api/weights"
+    body = json.dumps({"weights": {"v1": 50, "v2": 50}}).encode()
+    for headers in ({"Content-Type": "application/json", "Origin": "http://evil.example"},
+                    {"Content-Type": "application/json", "X-Console-Request": "1",
+                     "Sec-Fetch-Site": "cross-site"},
+                    {"Content-Type": "text/plain"}):
+        req = urllib.request.Request(url, body, headers, method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 403, headers
+    assert routes_json(stack)["weights"] != {"v1": 50, "v2": 50}
