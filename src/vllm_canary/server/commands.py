@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-lora-rank", type=int, help="vllm: largest adapter rank (default: "
                    "what the --lora adapters need, at least 16)")
     p.add_argument("--max-loras", type=int, help="vllm: adapters in one batch (default 4)")
+    p.add_argument("--lora-error-rate", action="append", metavar="VERSION=RATE",
+                   help="vllm: fail this fraction of an adapter version's requests at the "
+                   "front (fault injection for canary tests)")
     p.add_argument("--error-rate", type=float, help="sim: fraction of requests that fail")
     p.add_argument("--latency-factor", type=float, help="sim: multiply all latencies")
     p.add_argument("--ttft-ms", type=float, help="sim: base time to first token")

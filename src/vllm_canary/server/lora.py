@@ -246,6 +246,75 @@ class LoraTable:
                                                        key=lambda a: a.version)]}
 
 
+@dataclass(frozen=True)
+class StartAdapter:
+    """An adapter given with `--lora` (checked before vLLM starts, loaded once it is up)."""
+
+    version: str
+    name: str | None
+    path: Path
+    rank: int
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """What serving LoRA versions needs from the vLLM child: its extra arguments and
+    environment, the largest rank it takes, and the adapters to load at start."""
+
+    adapters: tuple[StartAdapter, ...]
+    max_rank: int
+    child_args: list[str]
+    env: dict[str, str]
+
+
+def _flag(args: list[str], flag: str) -> str | None:
+    """The last value of `--flag V` / `--flag=V` in args, as argparse reads it."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def lora_plan(settings: Any) -> LoraPlan:
+    """The plan for ServeSettings with `lora`/`enable_lora`: `--enable-lora`, `--max-lora-rank`
+    (what the adapters need, at least 16, unless given) and `--max-loras` are added to the
+    child's arguments where the user did not give them after `--`. UserError for a bad
+    --lora spec or folder, a version given twice or the base's own version."""
+    adapters: list[StartAdapter] = []
+    for text in settings.lora:
+        version, name, path = parse_spec(text)
+        if version == settings.version or any(a.version == version for a in adapters):
+            raise UserError(f"--lora {text!r}: version {version} is "
+                            + ("this server's own" if version == settings.version else
+                               "given twice"))
+        folder, rank = read_adapter(path)
+        adapters.append(StartAdapter(version, name, folder, rank))
+    args = list(settings.vllm_args)
+    given = _flag(args, "--max-lora-rank")
+    try:
+        max_rank = int(given) if given else (settings.max_lora_rank or
+                                             max_rank_for(a.rank for a in adapters))
+    except ValueError:
+        raise UserError(f"--max-lora-rank {given!r} is not a number") from None
+    if max_rank not in LORA_RANKS:
+        raise UserError(f"--max-lora-rank {max_rank}: vLLM takes one of "
+                        f"{', '.join(map(str, LORA_RANKS))}")
+    too_big = [a for a in adapters if a.rank > max_rank]
+    if too_big:
+        raise UserError(f"adapter {too_big[0].path} has rank {too_big[0].rank}, more than "
+                        f"--max-lora-rank {max_rank}")
+    if "--enable-lora" not in args:
+        args.append("--enable-lora")
+    if given is None:
+        args += ["--max-lora-rank", str(max_rank)]
+    if _flag(args, "--max-loras") is None:
+        args += ["--max-loras", str(settings.max_loras)]
+    return LoraPlan(tuple(adapters), max_rank, args, dict(RUNTIME_ENV))
+
+
 # -- I/O: vLLM's runtime LoRA routes ------------------------------------------------------
 
 class LoraManager:

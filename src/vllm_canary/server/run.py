@@ -78,7 +78,11 @@ async def serve(settings: ServeSettings) -> int:
 
 async def _serve_relay(settings: ServeSettings, engine: Any, request_log: RequestLog | None,
                        utilization: Any) -> int:
-    front = RelayFront(settings, engine, request_log=request_log, utilization=utilization)
+    front: Any = RelayFront(settings, engine, request_log=request_log, utilization=utilization)
+    if settings.lora or settings.enable_lora:  # adapter versions on this vLLM (lorafront.py)
+        from vllm_canary.server.lorafront import LoraFront
+
+        front = LoraFront(settings, front)
     servers = []
     try:
         await front.start()

@@ -48,6 +48,7 @@ class ServeSettings(BaseModel):
     enable_lora: bool = False
     max_lora_rank: int | None = Field(default=None, ge=1)
     max_loras: int = Field(default=4, ge=1)
+    lora_error_rate: list[str] = Field(default_factory=list)  # VERSION=RATE: injected 500s
 
     @model_validator(mode="after")
     def _engine_needs(self) -> ServeSettings:

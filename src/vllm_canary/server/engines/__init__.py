@@ -32,9 +32,15 @@ def _vllm(s: ServeSettings) -> Relayed:
     from vllm_canary.server.engines.vllm import VllmEngine
 
     assert s.model is not None
+    args, env = s.vllm_args, None
+    if s.lora or s.enable_lora:  # LoRA versions: --enable-lora and runtime loading on
+        from vllm_canary.server.lora import lora_plan
+
+        plan = lora_plan(s)
+        args, env = plan.child_args, plan.env
     return VllmEngine(
         model_dir=s.model, model_name=s.served_model_name(), python=s.vllm_python,
-        extra_args=s.vllm_args, startup_timeout=s.startup_timeout,
+        extra_args=args, env=env, startup_timeout=s.startup_timeout,
         log_file=s.log_dir / f"vllm-{s.version}.log" if s.log_dir else None,
     )
 
