@@ -1,5 +1,5 @@
 """`serve --engine upstream` in front of a real `serve --engine sim`, driven by the official
-`openai` client as a user would: the proxied answers are the upstream's, streamed or not."""
+`openai` client as a user would: the relayed answers are the upstream's, streamed or not."""
 
 from __future__ import annotations
 
@@ -98,12 +98,16 @@ def test_front_metrics_count_proxied_requests(pair: tuple[Any, Any]) -> None:
     client = client_for(front.url)
     for _ in range(3):
         client.completions.create(model="sim-llm", prompt="hi", max_tokens=2)
+    for _ in range(2):  # time to first token is seen on streamed answers only
+        list(client.completions.create(model="sim-llm", prompt="hi", max_tokens=3, stream=True))
     counts = sample_values(front.metrics_url, "vllm_requests_total")
     ok = {k: v for k, v in counts.items() if dict(k)["status"] == "200"}
-    assert list(ok.values()) == [3.0]
+    assert list(ok.values()) == [5.0]
     assert dict(next(iter(ok))) == {"status": "200", "version": "v1", "model": "sim-llm"}
     ttft = sample_values(front.metrics_url, "vllm_time_to_first_token_seconds_count")
-    assert list(ttft.values()) == [3.0]
+    assert list(ttft.values()) == [2.0]
+    tokens = sample_values(front.metrics_url, "vllm_generation_tokens_total")
+    assert list(tokens.values()) == [3 * 2 + 2 * 3]  # usage when the answer has it, else deltas
 
 
 def test_front_turns_unready_when_the_upstream_goes_away(pair: tuple[Any, Any]) -> None:

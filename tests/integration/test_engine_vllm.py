@@ -1,7 +1,7 @@
 """`vllm-canary serve --engine vllm` with the real vLLM (CPU build) and a tiny local model,
 driven by the official `openai` client: answers, streaming, our metrics and vLLM's own.
 
-One server is shared by the module (vLLM takes ~30-90 s to start here); the last test kills
+One server is shared by the session (vLLM takes ~30-90 s to start here); the last test kills
 vLLM underneath it and checks that `serve` notices and exits non-zero.
 """
 
@@ -80,11 +80,30 @@ def test_prompt_longer_than_the_context_is_a_400(vllm_server: Any) -> None:
     assert "maximum context length is 256" in str(info.value.message)
 
 
+def test_logprobs_through_the_front_with_the_openai_client(vllm_server: Any) -> None:
+    api = client(vllm_server)
+    args: dict[str, Any] = dict(model="tiny-v2", max_tokens=4, temperature=0,
+                                extra_body={"ignore_eos": True})
+    chat = api.chat.completions.create(messages=[{"role": "user", "content": "hi"}],
+                                       logprobs=True, top_logprobs=2, **args)
+    content = chat.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 4
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    text = api.completions.create(prompt="The canary", logprobs=2, **args)
+    lp = text.choices[0].logprobs
+    assert lp is not None and len(lp.tokens or []) == 4 and len(lp.top_logprobs or []) == 4
+    streamed = [c for c in api.completions.create(prompt="The canary", logprobs=2, stream=True,
+                                                  **args) if c.choices]
+    tokens = [t for c in streamed if c.choices[0].logprobs
+              for t in c.choices[0].logprobs.tokens or []]
+    assert tokens == lp.tokens
+
+
 def test_our_metrics_and_vllms_own_move(vllm_server: Any) -> None:
     api = client(vllm_server)
-    for _ in range(2):
-        api.completions.create(model="tiny-v2", prompt="hi", max_tokens=4,
-                               extra_body={"ignore_eos": True})
+    for _ in range(2):  # streamed: time to first token and token gaps are seen on streams
+        list(api.completions.create(model="tiny-v2", prompt="hi", max_tokens=4, stream=True,
+                                    extra_body={"ignore_eos": True}))
     ours = metric_samples(vllm_server.server.metrics_url)
     ok = [s for s in ours if s.name == "vllm_requests_total" and s.labels["status"] == "200"]
     assert ok and ok[0].value >= 2

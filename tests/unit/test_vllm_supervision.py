@@ -16,8 +16,9 @@ import pytest
 
 from vllm_canary.errors import UserError
 from vllm_canary.procs import free_port, http_ok
-from vllm_canary.server.engines.base import Delta, EngineError, GenerationRequest, Usage
 from vllm_canary.server.engines.vllm import VllmEngine
+from vllm_canary.server.relay import RelayFront, listen
+from vllm_canary.server.settings import ServeSettings
 
 FAKE_SERVER = r'''
 import json, os, sys
@@ -74,25 +75,28 @@ def model_dir(tmp_path: Path) -> Path:
     return model
 
 
-async def test_ready_once_the_child_answers_and_requests_go_through(
+async def test_ready_once_the_child_answers_and_requests_are_relayed(
     fake_python: str, model_dir: Path
 ) -> None:
     engine = VllmEngine(model_dir=model_dir, python=fake_python, extra_args=["--dtype", "float32"])
-    await engine.start()
+    front = RelayFront(ServeSettings(engine="vllm", model=str(model_dir)), engine)
+    await front.start()  # starts the engine
+    server = await listen(front.handle, "127.0.0.1", 0, 4096)
     try:
         await engine.wait_ready(60)
         assert engine.model_names() == ["tiny-test"]
         assert http_ok(f"{engine.base_url}/health")
-        request = GenerationRequest("completion", "tiny-test", "hi", 2)
-        events = [e async for e in engine.generate(request)]
-        assert events == [Delta(0, "fake"), Delta(0, " answer", "stop"), Usage(1, 2)]
+        direct = await asyncio.to_thread(_post, f"{engine.base_url}/v1/completions")
+        relayed = await asyncio.to_thread(_post, f"http://127.0.0.1:{server.port}/v1/completions")
+        assert relayed == direct and b'" answer"' in relayed
         seen = await asyncio.to_thread(_get_json, f"{engine.base_url}/env")
         assert seen["env"]["HF_HUB_OFFLINE"] == "1"
         assert seen["env"]["VLLM_NO_USAGE_STATS"] == "1"
         assert seen["argv"][-2:] == ["--dtype", "float32"]
         assert seen["argv"][:2] == ["--model", str(model_dir)]
     finally:
-        await engine.close()
+        await server.close()
+        await front.close()  # stops the engine
     assert engine.proc is not None and engine.proc.poll() is not None
     assert not engine.failed.is_set() and not engine.ready()
 
@@ -111,9 +115,6 @@ async def test_child_death_makes_it_unready_and_is_reported(
         assert engine.failed.is_set()
         assert codes == [-signal.SIGKILL]
         assert not engine.ready()
-        with pytest.raises(EngineError) as info:
-            [e async for e in engine.generate(GenerationRequest("completion", "x", "hi", 2))]
-        assert info.value.status == 503
     finally:
         await engine.close()
 
@@ -143,6 +144,14 @@ def test_a_hub_name_is_passed_to_vllm_as_is() -> None:
     engine = VllmEngine(model_dir="Qwen/Qwen2.5-0.5B-Instruct", python=sys.executable)
     assert engine.model_name == "Qwen2.5-0.5B-Instruct"
     assert engine.argv()[3:5] == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]
+
+
+def _post(url: str) -> bytes:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=b"{}", headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read()
 
 
 def _get_json(url: str) -> Any:
