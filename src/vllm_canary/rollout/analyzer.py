@@ -43,6 +43,7 @@ class Analyzer:
                        for m in sequential} if spec.tolerance else {}
         self.thresholds: dict[str, float | None] = dict(state.get("thresholds", {}))
         self.step_samples: dict[str, int] = dict(state.get("step_samples", {}))
+        self.agreement_since: float | None = None  # the dark launch's start (rollout/shadow.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tests": {m: t.to_dict() for m, t in self.tests.items()},
@@ -101,6 +102,11 @@ class Analyzer:
                 out.append(self._custom(m))
             elif m == "quality":
                 out.append(quality_result(Path(self.spec.reports)))
+            elif m == "agreement":
+                from vllm_canary.rollout.shadow import agreement_result
+
+                out.append(agreement_result(self.spec, self.stable, self.canary,
+                                            self.agreement_since))
             else:
                 out.append(self._sequential(m, final_gate))
         return out

@@ -14,6 +14,7 @@ from vllm_canary.analysis.verdict import MetricResult, Verdict, combine
 from vllm_canary.rollout.actuators.base import Actuator, ActuatorError
 from vllm_canary.rollout.analyzer import Analyzer, Query
 from vllm_canary.rollout.metrics.base import MetricSource, Snapshot, VersionStats, window
+from vllm_canary.rollout.shadow import ShadowAnalysis, gate_results
 from vllm_canary.rollout.state import Event, Phase, RolloutState, StateStore
 from vllm_canary.rollout.strategy import Strategy
 
@@ -30,6 +31,9 @@ class Controller:
         self.stable, self.canary = strategy.stable, strategy.canary
         self.analyzer = Analyzer(strategy.analysis, self.stable, self.canary, query,
                                  state.analysis or None)
+        # Dark launch (setMirror): the canary's shadow answers vs the stable's served ones.
+        self.shadow = ShadowAnalysis(strategy.analysis, self.stable, self.canary, source,
+                                     state.shadow or None)
         self.abort_since: float | None = None
         self.polled = False  # this controller's source has answered once
         self.registry = registry = registry or CollectorRegistry()
@@ -39,6 +43,9 @@ class Controller:
                               "Percent of traffic on the canary", registry=registry)
         self.g_step = Gauge("vllm_canary_rollout_step", "Index of the current step",
                             registry=registry)
+        self.g_mirror = Gauge("vllm_canary_rollout_mirror_percent",
+                              "Percent of traffic mirrored to the canary (dark launch)",
+                              registry=registry)
 
     # ---- transitions -------------------------------------------------------------------
     def tick(self) -> Phase:
@@ -73,12 +80,18 @@ class Controller:
         if s.step_started is None:
             s.step_started = self.now()
             self.analyzer.start_step()
+            self.shadow.start_step()
         step = steps[s.step]
         elapsed = self.now() - s.step_started
         if step.kind == "setWeight":
             w = int(step.set_weight or 0)
             if self._route({self.stable: 100 - w, self.canary: w}):
                 self._next_step(f"canary weight {w}%")
+        elif step.kind == "setMirror":
+            pct = float(step.set_mirror or 0)
+            if self._mirror(pct):
+                self._next_step(f"mirroring {pct:g}% of traffic to {self.canary}" if pct
+                                else f"mirror to {self.canary} removed")
         elif step.kind == "pause":
             s.phase = Phase.PAUSED
             duration = step.pause.duration if step.pause else None
@@ -95,7 +108,10 @@ class Controller:
                 s.results = []  # the previous gate's verdicts are not this step's
                 return
             final = not any(st.kind == "analysis" for st in steps[s.step + 1:])
-            results = self.analyzer.results(final_gate=final)
+            self.analyzer.agreement_since = s.mirror_since
+            results = gate_results(self.analyzer.results(final_gate=final),
+                                   self.shadow.sequential_results(),
+                                   s.weights.get(self.canary, 0), s.mirror)
             s.results = [r.to_dict() for r in results]
             verdict = combine(results)
             if verdict is Verdict.FAIL:
@@ -136,7 +152,11 @@ class Controller:
                 return
         else:
             s.canary_down_since = None
+        self.shadow.poll(observe=s.mirror > 0)
+        s.shadow = self.shadow.to_dict()
         results = self.analyzer.sequential_results()
+        if s.mirror > 0:
+            results += self.shadow.sequential_results()
         s.analysis = self.analyzer.to_dict()
         if any(r.verdict is Verdict.FAIL for r in results):
             s.results = [r.to_dict() for r in results]
@@ -148,12 +168,13 @@ class Controller:
         s.step_started = self.now()
         s.phase = Phase.PROGRESSING
         self.analyzer.start_step()
+        self.shadow.start_step()
         s.analysis = self.analyzer.to_dict()
         self._event(message)
 
     def _promote(self, message: str) -> None:
         target = {self.stable: 0, self.canary: 100}
-        if self.state.weights == target or self._route(target):
+        if (self.state.weights == target or self._route(target)) and self._mirror(0):
             self.state.phase = Phase.PROMOTED
             self.state.step = len(self.strategy.steps)
             self._event(message)
@@ -169,7 +190,8 @@ class Controller:
         """Put all traffic back on the stable version; done only once the target confirms."""
         s = self.state
         self.abort_since = self.abort_since or self.now()
-        if self._route({self.stable: 100, self.canary: 0}):
+        # Aborting a dark launch also removes the mirror: the canary gets nothing at all.
+        if self._route({self.stable: 100, self.canary: 0}) and self._mirror(0):
             s.aborting = False
             s.phase = Phase.ABORTED
             self._event("traffic back on " + self.stable)
@@ -187,6 +209,27 @@ class Controller:
         s.weights = dict(weights)
         return True
 
+    def _mirror(self, percent: float) -> bool:
+        """Mirror `percent`% to the canary (0: none); done once the target confirms."""
+        s = self.state
+        if percent == s.mirror:
+            return True
+        set_mirror = getattr(self.actuator, "set_mirror", None)
+        if set_mirror is None:
+            s.message = f"{self.actuator.describe()} cannot mirror traffic (setMirror)"
+            return False
+        try:
+            confirmed = set_mirror(percent, self.canary)
+        except ActuatorError as exc:
+            s.message = f"could not set the mirror to {percent:g}%: {exc} (retrying)"
+            return False
+        if abs(confirmed - percent) > 1e-6:
+            s.message = f"target mirrors {confirmed:g}%, wanted {percent:g}% (retrying)"
+            return False
+        s.mirror = percent
+        s.mirror_since = self.now() if percent > 0 else None
+        return True
+
     def _event(self, message: str) -> None:
         s = self.state
         s.message = message
@@ -197,6 +240,7 @@ class Controller:
             self.g_phase.labels(phase=p.value).set(1 if p is self.state.phase else 0)
         self.g_weight.set(self.state.weights.get(self.canary, 0))
         self.g_step.set(self.state.step)
+        self.g_mirror.set(self.state.mirror)
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, sleep: Callable[[float], None] = time.sleep,

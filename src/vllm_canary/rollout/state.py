@@ -44,6 +44,9 @@ class RolloutState(BaseModel):
     # percent of traffic per version; int when whole (the controller sets whole percentages),
     # a float when read from relative weights such as 1:2
     weights: dict[str, int | float] = Field(default_factory=dict)
+    mirror: float = 0.0  # percent mirrored to the canary (setMirror; 0: no dark launch)
+    mirror_since: float | None = None  # wall clock when the mirror was set
+    shadow: dict[str, Any] = Field(default_factory=dict)  # rollout/shadow.py's evidence
     aborting: bool = False  # abort decided; weights not yet confirmed back on the stable
     message: str = ""
     source_error: str = ""

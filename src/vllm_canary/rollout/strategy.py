@@ -1,5 +1,10 @@
-"""The rollout strategy file: Argo-like steps (`setWeight`, `pause`, `analysis`) and which
-metrics the analysis compares between the canary (v2) and the baseline (v1)."""
+"""The rollout strategy file: Argo-like steps (`setWeight`, `setMirror`, `pause`, `analysis`)
+and which metrics the analysis compares between the canary (v2) and the baseline (v1).
+
+`setMirror: P` dark-launches: P% of the weighted route's traffic is also sent to the canary,
+its answers discarded (Istio `mirror` + `mirrorPercentage`). While the canary's weight is 0
+the analysis compares its shadow answers with the baseline's served ones (docs/darklaunch.md);
+`agreement` is the mean text similarity of those pairs, passing at `minAgreement`."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from pydantic import (
 from vllm_canary.config import read_yaml_mapping
 from vllm_canary.errors import UserError
 
-BUILTIN_METRICS = ("error-rate", "latency-p95", "ttft-p95", "itl-p95", "quality")
+BUILTIN_METRICS = ("error-rate", "latency-p95", "ttft-p95", "itl-p95", "quality", "agreement")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -51,16 +56,19 @@ class TimedSpec(_Model):
 
 
 class Step(_Model):
-    """Exactly one of setWeight, pause, analysis."""
+    """Exactly one of setWeight, setMirror, pause, analysis."""
 
     set_weight: int | None = Field(default=None, alias="setWeight", ge=0, le=100)
+    set_mirror: float | None = Field(default=None, alias="setMirror", ge=0, le=100)
     pause: TimedSpec | None = None
     analysis: TimedSpec | None = None
 
     @property
-    def kind(self) -> Literal["setWeight", "pause", "analysis"]:
+    def kind(self) -> Literal["setWeight", "setMirror", "pause", "analysis"]:
         if self.set_weight is not None:
             return "setWeight"
+        if self.set_mirror is not None:
+            return "setMirror"
         return "pause" if self.pause is not None else "analysis"
 
 
@@ -85,6 +93,15 @@ class AnalysisSpec(_Model):
     timeout_factor: float = Field(default=3.0, alias="timeoutFactor", ge=1)
     down_after: float = Field(default=15.0, alias="downAfter")  # canary down this long: abort
     reports: str = "reports"  # where the data loop writes <day>/decision.json (quality)
+    # agreement: request-log folder(s) holding both versions' lines, and the pass mark of the
+    # mean similarity of shadow pairs (0..1; dataloop/shadow.py's normalised similarity).
+    logs: list[str] = Field(default_factory=lambda: ["logs"])
+    min_agreement: float = Field(default=0.5, alias="minAgreement", ge=0, le=1)
+
+    @field_validator("logs", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @field_validator("interval", "down_after", mode="before")
     @classmethod
@@ -122,9 +139,11 @@ class Strategy(_Model):
         if not v:
             raise ValueError("list at least one step")
         for i, step in enumerate(v):
-            given = [step.set_weight is not None, step.pause is not None, step.analysis is not None]
+            given = [step.set_weight is not None, step.set_mirror is not None,
+                     step.pause is not None, step.analysis is not None]
             if sum(given) != 1:
-                raise ValueError(f"step {i + 1}: use exactly one of setWeight, pause, analysis")
+                raise ValueError(f"step {i + 1}: use exactly one of setWeight, setMirror, "
+                                 "pause, analysis")
         return v
 
     @model_validator(mode="after")

@@ -24,3 +24,12 @@ class Actuator(Protocol):
     def describe(self) -> str:
         """One line for the live view."""
         ...
+
+
+class Mirroring(Protocol):
+    """An actuator that can also dark-launch (the `setMirror` step): both built-in ones."""
+
+    def set_mirror(self, percent: float, subset: str) -> float:
+        """Mirror `percent`% (0..100) of the weighted route's traffic to `subset`, answers
+        discarded; 0 removes the mirror. Returns the percentage the target confirms."""
+        ...

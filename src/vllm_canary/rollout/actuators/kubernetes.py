@@ -6,6 +6,7 @@ list read by GET is sent back with only the weights changed, guarded by resource
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from vllm_canary.gateway.routing import percentages
@@ -43,6 +44,28 @@ def with_weights(http: list[dict[str, Any]], weights: dict[str, int]) -> list[di
     return new
 
 
+def with_mirror(http: list[dict[str, Any]], subset: str, percent: float) -> list[dict[str, Any]]:
+    """The weighted route with `mirror` + `mirrorPercentage` as the chart renders them (0%:
+    both removed, so Istio mirrors nothing)."""
+    new = copy.deepcopy(http)
+    route = weighted_route(new)
+    route.pop("mirrors", None)
+    if percent <= 0:
+        route.pop("mirror", None)
+        route.pop("mirrorPercentage", None)
+        return new
+    route["mirror"] = {"host": route["route"][0]["destination"]["host"], "subset": subset}
+    route["mirrorPercentage"] = {"value": float(percent)}
+    return new
+
+
+def mirror_percent(route: dict[str, Any]) -> float:
+    """Istio's reading: no `mirror`, 0%; a `mirror` without `mirrorPercentage`, 100%."""
+    if "mirror" not in route:
+        return 0.0
+    return float((route.get("mirrorPercentage") or {}).get("value", 100.0))
+
+
 class KubernetesActuator:
     def __init__(self, namespace: str = "default", name: str = "vllm",
                  api: Any | None = None, context: str | None = None) -> None:
@@ -76,12 +99,23 @@ class KubernetesActuator:
         return shares(weighted_route(self._get()["spec"].get("http", [])))
 
     def set_weights(self, weights: dict[str, int]) -> dict[str, int | float]:
+        answer = self._patch_http(lambda http: with_weights(http, weights))
+        return shares(weighted_route(answer["spec"]["http"]))
+
+    def set_mirror(self, percent: float, subset: str) -> float:
+        """Patch the weighted route's `mirror` + `mirrorPercentage`; the confirmed percent."""
+        answer = self._patch_http(lambda http: with_mirror(http, subset, percent))
+        return mirror_percent(weighted_route(answer["spec"]["http"]))
+
+    def _patch_http(self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+                    ) -> dict[str, Any]:
+        """GET, change the `http` list, merge-patch it back guarded by resourceVersion."""
         from kubernetes.client.exceptions import ApiException
 
         for _ in range(CONFLICT_RETRIES):
             vs = self._get()
             body = {"metadata": {"resourceVersion": vs["metadata"]["resourceVersion"]},
-                    "spec": {"http": with_weights(vs["spec"].get("http", []), weights)}}
+                    "spec": {"http": change(vs["spec"].get("http", []))}}
             try:
                 answer = self.api.patch_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, PLURAL, self.name, body,
@@ -93,7 +127,7 @@ class KubernetesActuator:
                                     f"{exc.status} {exc.reason}") from None
             except OSError as exc:
                 raise ActuatorError(f"Kubernetes API unreachable: {exc}") from None
-            return shares(weighted_route(answer["spec"]["http"]))
+            return dict(answer)
         raise ActuatorError(f"virtualservice {self.namespace}/{self.name} kept changing "
                             f"({CONFLICT_RETRIES} conflicts)")
 
