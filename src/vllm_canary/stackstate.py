@@ -28,6 +28,9 @@ class StackState(BaseModel):
     prometheus_url: str | None = None
     log_dir: str | None = None
     console_url: str | None = None  # the web console (`up --console-port`), when running
+    # LoRA versions (`up --lora-v2`): adapter version -> the version whose server serves it.
+    # Their figures come from that server's metrics (by `version`), not Istio's.
+    lora: dict[str, str] = {}
 
 
 def state_home() -> Path:

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     for v in VERSIONS:
         p.add_argument(f"--model-{v}", help=f"vllm engine: model directory or name for {v}")
         p.add_argument(f"--upstream-{v}", help=f"upstream engine: OpenAI base URL for {v}")
+    p.add_argument("--lora-v2", metavar="DIR",
+                   help="vllm engine: v2 is this LoRA adapter, served by v1's vLLM (one vLLM, "
+                   "two versions; docs/lora.md)")
     p.add_argument("--v2-error-rate", type=float, help="sim: fraction of v2 requests that fail")
     p.add_argument("--v2-latency-factor", type=float, help="sim: make v2 this much slower")
     p.add_argument("--host", default="127.0.0.1", help="listen address of everything")
@@ -90,7 +93,12 @@ def _server_argv(args: argparse.Namespace, v: str, port: int, metrics: int,
         if not url:
             raise UserError(f"--engine upstream needs --upstream-{v} URL")
         argv += ["--upstream", url]
-    if v == "v2" and args.v2_error_rate is not None:
+    lora = getattr(args, "lora_v2", None)
+    if lora and v == "v1":  # v2 is an adapter on this server (server/lorafront.py)
+        argv += ["--lora", f"v2={lora}"]
+        if args.v2_error_rate is not None:
+            argv += ["--lora-error-rate", f"v2={args.v2_error_rate}"]
+    elif v == "v2" and args.v2_error_rate is not None:
         argv += ["--error-rate", str(args.v2_error_rate)]
     if v == "v2" and args.v2_latency_factor is not None:
         argv += ["--latency-factor", str(args.v2_latency_factor)]
@@ -123,6 +131,28 @@ def _check_ports(args: argparse.Namespace) -> None:
                         "`vllm-canary up`?) or pass a different port")
 
 
+def _own_servers(args: argparse.Namespace) -> tuple[str, ...]:
+    """The versions that run a server of their own (with --lora-v2, v2 runs on v1's)."""
+    return ("v1",) if getattr(args, "lora_v2", None) else VERSIONS
+
+
+def _check_lora(args: argparse.Namespace) -> str | None:
+    """--lora-v2 DIR, checked: the absolute adapter folder, or None without the flag."""
+    if not getattr(args, "lora_v2", None):
+        return None
+    if args.engine != "vllm":
+        raise UserError("--lora-v2 needs --engine vllm (the adapter is loaded into v1's vLLM)")
+    if args.model_v2:
+        raise UserError("--lora-v2 and --model-v2 both name v2; give one")
+    if getattr(args, "mirror_v2", None) is not None:
+        raise UserError("--mirror-v2 with --lora-v2: a mirror cannot set the version header")
+    from vllm_canary.server.lora import read_adapter
+
+    folder, _ = read_adapter(args.lora_v2)
+    args.lora_v2 = str(folder)
+    return args.lora_v2
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -144,6 +174,12 @@ def run(args: argparse.Namespace) -> int:
                         f"{exc.strerror}") from None
     token = secrets.token_urlsafe(24)
     routes = args.routes or default_routes_path()
+    lora = _check_lora(args)
+    if lora:  # the chart's routing with v2 on v1's pods (gateway/loraroutes.py)
+        from vllm_canary.gateway import loraroutes
+
+        routes = loraroutes.write(workdir / "routes-lora.yaml", loraroutes.share_pods(
+            loraroutes.read(routes), {"v2": "v1"}), f"# {routes}, v2 = LoRA {lora}\n")
     if getattr(args, "mirror_v2", None) is not None:
         from vllm_canary.gateway.mirror import mirrored_routes_file
 
@@ -154,21 +190,25 @@ def run(args: argparse.Namespace) -> int:
     prometheus: promserver.PrometheusServer | None = None
     console: Child | None = None
     # --engine vllm: each vLLM child's own port, so Prometheus scrapes its `vllm:` series.
-    engine_ports = ({v: procs.free_port(args.host) for v in VERSIONS}
+    engine_ports = ({v: procs.free_port(args.host) for v in _own_servers(args)}
                     if args.engine == "vllm" else {})
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         for v, port, metrics in (("v1", args.v1_port, args.v1_metrics_port),
                                  ("v2", args.v2_port, args.v2_metrics_port)):
+            if v not in _own_servers(args):
+                continue
             log = workdir / f"{v}.log"
             argv = _server_argv(args, v, port, metrics, engine_ports.get(v))
-            children.append(Child(f"{v} server", procs.start(argv, log=log), log,
+            env = {"VLLM_CANARY_ADMIN_TOKEN": token} if lora else None  # `lora load`
+            children.append(Child(f"{v} server", procs.start(argv, env=env, log=log), log,
                                   f"{base}:{port}/health"))
         gw_argv = [sys.executable, "-m", "vllm_canary.gateway", "gateway",
                    "--routes", str(routes), "--host", args.host, "--port", str(args.port),
                    "--metrics-port", str(args.metrics_port), "--admin-port", str(args.admin_port),
-                   "--upstream", f"v1={base}:{args.v1_port}",
-                   "--upstream", f"v2={base}:{args.v2_port}"]
+                   "--upstream", f"v1={base}:{args.v1_port}"]
+        if not lora:
+            gw_argv += ["--upstream", f"v2={base}:{args.v2_port}"]
         if args.seed is not None:
             gw_argv += ["--seed", str(args.seed)]
         log = workdir / "gateway.log"
@@ -193,7 +233,9 @@ def run(args: argparse.Namespace) -> int:
             admin_url=f"{base}:{args.admin_port}", admin_token=token, routes_file=str(routes),
             servers={v: stackstate.ServerInfo(url=f"{base}:{p}", metrics_url=f"{base}:{m}/metrics")
                      for v, p, m in (("v1", args.v1_port, args.v1_metrics_port),
-                                     ("v2", args.v2_port, args.v2_metrics_port))},
+                                     ("v2", args.v2_port, args.v2_metrics_port))
+                     if v in _own_servers(args)},
+            lora={"v2": "v1"} if lora else {},
             prometheus_url=prometheus.url if prometheus else None,
             log_dir=str(args.log_dir.resolve()),
             console_url=f"{base}:{args.console_port}" if console else None,
@@ -224,6 +266,7 @@ def scrape_jobs(args: argparse.Namespace,
     metrics, both fronts (`vllm_*`, honor_labels: their series carry `version` already), and
     with --engine vllm each vLLM child's own /metrics (`vllm:*`, labelled by target)."""
     fronts = {"v1": args.v1_metrics_port, "v2": args.v2_metrics_port}
+    fronts = {v: p for v, p in fronts.items() if v in _own_servers(args)}
     jobs = [
         promserver.ScrapeJob("istio-gateway", [f"{args.host}:{args.metrics_port}"]),
         promserver.ScrapeJob("vllm-service", [f"{args.host}:{p}" for p in fronts.values()],
@@ -276,10 +319,10 @@ def _start_console(args: argparse.Namespace, workdir: Path, base: str, token: st
 def _print_table(args: argparse.Namespace, state: stackstate.StackState, routes: Path,
                  workdir: Path, state_file: Path) -> None:
     rows = [
-        ("v1 server", f"{state.servers['v1'].url}  (metrics {state.servers['v1'].metrics_url})",
-         f"{workdir}/v1.log"),
-        ("v2 server", f"{state.servers['v2'].url}  (metrics {state.servers['v2'].metrics_url})",
-         f"{workdir}/v2.log"),
+        (f"{v} server", f"{state.servers[v].url}  (metrics {state.servers[v].metrics_url})",
+         f"{workdir}/{v}.log") for v in state.servers
+    ] + [(f"{v} (LoRA)", f"adapter {args.lora_v2} on the {base} server", "")
+         for v, base in state.lora.items()] + [
         ("gateway", f"{state.gateway_url}  (routes {routes})", f"{workdir}/gateway.log"),
         ("istio metrics", state.gateway_metrics_url, ""),
         ("admin API", f"{state.admin_url}  (token in {state_file})", ""),

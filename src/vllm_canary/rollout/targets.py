@@ -23,6 +23,9 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--virtualservice", default="vllm")
     g.add_argument("--context", help="kubeconfig context")
     g.add_argument("--prometheus", metavar="URL", help="read metrics through Prometheus")
+    g.add_argument("--version-metrics", choices=["istio", "front"],
+                   help="per-version traffic from Istio's destination_version or from the "
+                   "servers' own series (default: front when versions share pods, i.e. LoRA)")
     g.add_argument("--scrape", nargs="*", metavar="URL",
                    help="scrape these /metrics: the gateway's, then VERSION=URL per server "
                         "(a version repeated once per pod; default: the local stack's)")
@@ -44,8 +47,14 @@ def target_from_args(args: argparse.Namespace, actuator_needed: bool = True) -> 
                                   "or pass --admin-url and --admin-token")
         actuator = {"kind": "gateway", "admin_url": url, "token": token}
     prom = args.prometheus or (stack.prometheus_url if stack and args.scrape is None else None)
+    # LoRA versions share their base's pods: Istio counts their requests as the base's.
+    front = (getattr(args, "version_metrics", None) or
+             ("front" if stack and stack.lora and not args.prometheus and not args.scrape
+              else "istio")) == "front"
     if prom:
         source: dict[str, Any] = {"kind": "prometheus", "url": prom}
+        if front:
+            source["traffic"] = "front"
     elif args.scrape:
         servers: dict[str, Any] = {}
         for i, item in enumerate(args.scrape[1:]):
@@ -56,9 +65,10 @@ def target_from_args(args: argparse.Namespace, actuator_needed: bool = True) -> 
                                   else servers[key]), url]
             else:
                 servers[key] = url
-        source = {"kind": "scrape", "gateway": args.scrape[0], "servers": servers}
+        source = {"kind": "scrape", "gateway": None if front else args.scrape[0],
+                  "servers": servers}
     elif stack:
-        source = {"kind": "scrape", "gateway": stack.gateway_metrics_url,
+        source = {"kind": "scrape", "gateway": None if front else stack.gateway_metrics_url,
                   "servers": {v: s.metrics_url for v, s in stack.servers.items()}}
     else:
         raise UserError("no metric source: pass --prometheus URL or --scrape URL...")

@@ -48,8 +48,11 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 
 class PrometheusSource:
     def __init__(self, url: str, service: str = SERVICE, timeout: float = 5.0,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, traffic: str = "istio") -> None:
         self.url = url.rstrip("/")
+        # "front": requests and errors from the servers' own vllm_requests_total by version,
+        # never Istio's destination_version (the pod's label: the base's for LoRA versions).
+        self.traffic = traffic
         self.service = service
         self.timeout = timeout
         self.now = now
@@ -115,7 +118,8 @@ class PrometheusSource:
                      float(r["value"][1])) for r in promql(
             self.url, "max by (destination_version) (vllm_canary_gateway_upstream_healthy)",
             self.timeout)]
-        has_traffic = any(n.startswith("istio_requests") for n, _, _ in gateway)
+        has_traffic = self.traffic != "front" and any(
+            n.startswith("istio_requests") for n, _, _ in gateway)
         return to_snapshot(gateway if has_traffic else None, servers, self.service)
 
     def query_value(self, expr: str) -> float | None:
