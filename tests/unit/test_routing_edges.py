@@ -1,5 +1,6 @@
 """Pure pieces around the routing core: endpoints and load balancing, outlier ejection,
-retry conditions, header edits, the shadow host, weights parsing and histogram quantiles."""
+retry conditions, header edits, the shadow host, weights parsing, histogram quantiles, and the
+request as Envoy's router sees it (path normalization, repeated headers, raw query)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from vllm_canary.gateway.endpoints import Endpoint, Endpoints, load_endpoints_fi
 from vllm_canary.gateway.istio import load_file
 from vllm_canary.gateway.mirror import shadow_host
 from vllm_canary.gateway.proxy import apply_edit, retriable_status
-from vllm_canary.gateway.routing import Destination, HeaderEdit, OutlierDetection, Retries
+from vllm_canary.gateway.routing import (
+    Destination,
+    HeaderEdit,
+    OutlierDetection,
+    Retries,
+    match_headers,
+    normalize_path,
+    normalize_target,
+    parse_query,
+)
 from vllm_canary.gateway.status import quantile
 from vllm_canary.gateway.store import default_routes_path
 
@@ -134,3 +144,54 @@ def test_histogram_quantile_matches_prometheus() -> None:
     assert quantile(0.9, buckets) == 20.0
     assert quantile(0.7, buckets) == pytest.approx(15.0)
     assert quantile(0.5, {}) is None and quantile(0.5, {float("inf"): 0.0}) is None
+
+
+@pytest.mark.parametrize(("path", "normalized"), [
+    # Envoy normalize_path (Istio's default BASE): chromium's CanonicalizePath, vendored by
+    # Envoy in source/common/chromium_url/url_canon_path.cc.
+    ("/v1/completions", "/v1/completions"),
+    ("/a/../b", "/b"),
+    ("/a/./b", "/a/b"),
+    ("/a/b/..", "/a/"),
+    ("/a/b/.", "/a/b/"),
+    ("/../../x", "/x"),  # never above the root
+    ("/a/%2e%2E/b", "/b"),  # an encoded dot is a dot
+    ("/a%2e%2E/b", "/a../b"),  # ...but not a segment here
+    ("/x%2ex", "/x.x"),
+    ("/a/.hidden", "/a/.hidden"),
+    ("/a/..b", "/a/..b"),
+    ("/a//b", "/a//b"),  # MERGE_SLASHES is not the default
+    ("/a%2Fb", "/a%2Fb"),  # escaped slashes KEEP_UNCHANGED
+    ("/a%2fb", "/a%2fb"),  # kept exactly, hex case too
+    ("/%61%62c", "/abc"),  # unreserved characters are decoded
+    ("/~%7e%5F%2D", "/~~_-"),
+    ("/a%20b", "/a%20b"),  # others stay encoded
+    ("/a b", "/a%20b"),  # and characters that must be escaped are
+    ("/\xe9", "/%E9"),  # a raw latin-1 byte
+    ("/a\\b", "/a/b"),  # backslash is a separator
+    ("/a%zz", "/a%zz"),  # a bad escape passes through
+    ("/%%30%30", "/%2500"),  # nested escapes cannot build %00
+    ("relative", "/relative"),
+    ("", "/"),
+])
+def test_envoy_path_normalization(path: str, normalized: str) -> None:
+    assert normalize_path(path) == normalized
+
+
+@pytest.mark.parametrize("path", ["/%00", "/a\x00b"])
+def test_nul_in_a_path_is_a_400(path: str) -> None:
+    assert normalize_path(path) is None and normalize_target(path + "?q=1") is None
+
+
+def test_target_keeps_its_query_as_sent() -> None:
+    assert normalize_target("/a/../v1/%63ompletions?x=%2e.&y") == "/v1/completions?x=%2e.&y"
+
+
+def test_repeated_headers_are_joined_with_a_comma() -> None:
+    got = match_headers([("X-Team", "a"), ("host", "h"), ("x-team", "b"), ("X-TEAM", "c")])
+    assert got == {"x-team": "a,b,c", "host": "h"}
+
+
+def test_query_values_are_raw_and_the_first_wins() -> None:
+    assert parse_query("q=a%20b&q=2&p=x+y&flag&e=") == {"q": "a%20b", "p": "x+y", "flag": "",
+                                                        "e": ""}

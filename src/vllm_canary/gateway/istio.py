@@ -222,11 +222,13 @@ class Checker:
         return tuple(out)
 
     def percentage(self, node: Any, path: str, fault: bool = False) -> float:
-        """A Percent `{value}` in 0..100; a fault's must also be 0 or at least 0.0001
-        (Istio's validatePercentage)."""
+        """A Percent `{value}` in 0..100, as the percent Envoy gets (0.0001 steps); a fault's
+        must also be 0 or at least 0.0001 (Istio's validatePercentage)."""
         self.fields(node, path, F.PERCENT)
         value = self.number(node.get("value", 0.0), f"{path}.value", 0, 100)
         if fault and 0 < value < 0.0001:
             self.fail(f"{path}.value", f"percentage {value} is neither 0.0, nor in range "
                       "[0.0001, 100.0] (Istio's validation)")
-        return value
+        # Istio sends Envoy uint32(value * 10000) per million (route.go
+        # translatePercentToFractionalPercent): the float64 product is truncated.
+        return int(value * 10000) / 10000

@@ -354,6 +354,10 @@ _ESCAPE = frozenset([*range(0x01, 0x21), 0x22, 0x23, 0x3C, 0x3E, 0x3F, 0x5E, 0x6
                      0x7D, *range(0x7F, 0x100)])
 
 
+# Paths made only of characters the canonicalizer copies as they are (no `%`, `.`, `\\`).
+_PLAIN = re.compile(r"/[-A-Za-z0-9_~!$&'()*+,;=:@/]*")
+
+
 def _dot_len(path: str, i: int) -> int:
     """Length of a dot at `i` (`.` or `%2e`, either case), else 0 (chromium IsDot)."""
     if path[i] == ".":
@@ -370,6 +374,8 @@ def normalize_path(path: str) -> str | None:
     that must be escaped percent-encoded, slashes NOT merged and `%2F` NOT decoded. None when
     Envoy answers 400 instead (a NUL byte, raw or as `%00`). `path` has no query; text is
     bytes as latin-1. Source: Envoy source/common/chromium_url/url_canon_path.cc."""
+    if _PLAIN.fullmatch(path):  # nothing to change: the common case, without the loop
+        return path
     if not path.startswith(("/", "\\")):
         path = "/" + path
     out: list[str] = []  # one character per item, so indexes are output positions
