@@ -34,7 +34,13 @@ from multidict import CIMultiDict
 
 from vllm_canary.gateway.endpoints import Endpoint, Endpoints
 from vllm_canary.gateway.h1client import ConnectFailure, Pool, Response, UpstreamError
-from vllm_canary.gateway.h1server import JSON_HEADERS, Incoming, error_body
+from vllm_canary.gateway.h1server import (
+    JSON_HEADERS,
+    MAX_HEAD,
+    MAX_HEADERS,
+    Incoming,
+    error_body,
+)
 from vllm_canary.gateway.mirror import Mirror
 from vllm_canary.gateway.routing import (
     Destination,
@@ -204,6 +210,13 @@ class Proxy:
             headers["x-request-id"] = str(uuid.UUID(bytes=os.urandom(16), version=4))
         apply_edit(headers, route.headers.request)
         apply_edit(headers, dest.headers.request)
+        if len(headers) > MAX_HEADERS or \
+                sum(len(k) + len(v) + 4 for k, v in headers.items()) > MAX_HEAD:
+            # what the front would refuse from a client (and an upstream's head limits are the
+            # same), it does not send on once the forwarding headers are added
+            return self._local(request, ex, 431, "-", "request headers too large to forward: "
+                               f"at most {MAX_HEADERS} headers and {MAX_HEAD} bytes, including "
+                               "the x-forwarded-*, x-request-id and route headers added")
         for shadow in decision.mirrors:
             self.mirror.send(shadow, request, headers, body)
         try:

@@ -29,6 +29,7 @@ from vllm_canary.server.engines.base import (
     Kind,
     Usage,
 )
+from vllm_canary.server.httperrors import expect_handler
 from vllm_canary.server.metrics import ServerMetrics
 from vllm_canary.server.requestlog import RequestLog, sampled
 from vllm_canary.server.settings import ServeSettings
@@ -123,8 +124,10 @@ class ModelServer:
         app = web.Application(client_max_size=self.settings.max_body_bytes,
                               middlewares=[self._errors])
         app.on_response_prepare.append(self._stamp_version)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        expect = expect_handler(self.settings.max_body_bytes)  # 413 before 100 Continue
+        app.router.add_post("/v1/completions", self.completions, expect_handler=expect)
+        app.router.add_post("/v1/chat/completions", self.chat_completions,
+                            expect_handler=expect)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_handler)

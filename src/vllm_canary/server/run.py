@@ -19,6 +19,7 @@ from vllm_canary.errors import UserError
 from vllm_canary.server.app import ModelServer
 from vllm_canary.server.engines import build_engine
 from vllm_canary.server.gpu import nvml_utilization
+from vllm_canary.server.httperrors import JsonErrorsRunner
 from vllm_canary.server.relay import RelayFront, drain, listen
 from vllm_canary.server.requestlog import RequestLog
 from vllm_canary.server.settings import ServeSettings
@@ -110,13 +111,13 @@ async def _serve_sim(settings: ServeSettings, engine: Any, request_log: RequestL
     runners: list[web.AppRunner] = []
     try:
         await server.start()
-        api = web.AppRunner(server.app(), handler_cancellation=True, access_log=None,
-                            shutdown_timeout=settings.drain_timeout)
+        api = JsonErrorsRunner(server.app(), handler_cancellation=True, access_log=None,
+                               shutdown_timeout=settings.drain_timeout)
         runners.append(api)
         await api.setup()
         await _listen(api, settings.host, settings.port)
         if settings.metrics_port:
-            metrics = web.AppRunner(server.metrics_app(), access_log=None)
+            metrics = JsonErrorsRunner(server.metrics_app(), access_log=None)
             runners.append(metrics)
             await metrics.setup()
             await _listen(metrics, settings.host, settings.metrics_port)
