@@ -8,6 +8,8 @@ optionally `vllm-canary gateway` executing the chart's own VirtualService in fro
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -174,7 +176,8 @@ def _versions(series: list[dict[str, Any]]) -> set[str]:
 
 
 def test_dashboard_server_queries_return_both_versions(stack: Stack):
-    queries = [(n, q) for n, q in _dashboard_queries() if "istio_" not in q]
+    # vLLM's own `vllm:` series come from vLLM itself (test_native_vllm_panels_...).
+    queries = [(n, q) for n, q in _dashboard_queries() if "istio_" not in q and "vllm:" not in q]
     assert len(queries) >= 12
     missing = {}
     for name, expr in queries:
@@ -256,3 +259,75 @@ def test_argo_web_metrics_are_answered_by_analyze_serve(stack: Stack, render: An
             assert metric["failureCondition"] == 'result == "fail"'
     finally:
         procs.stop(proc)
+
+
+# ---- vLLM's own metrics: `up --engine vllm` on the real vLLM CPU build --------------------
+
+UP_PORTS = ("--v1-port", "--v1-metrics-port", "--v2-port", "--v2-metrics-port", "--port",
+            "--metrics-port", "--admin-port", "--prometheus-port")
+VLLM_UP_ARGS = "--max-model-len 256 --dtype float32 --enforce-eager"
+
+
+@dataclass
+class VllmUp:
+    prometheus: str
+    gateway: str
+
+
+@pytest.fixture(scope="module")
+def vllm_up(tmp_path_factory: pytest.TempPathFactory, vllm_setup: Any) -> Iterator[VllmUp]:
+    """`vllm-canary up --engine vllm` on the tiny v1/v2 models: its Prometheus scrapes the
+    gateway, both fronts and both vLLM children (the `vllm:` series), each with `version`."""
+    require(find_binary() is not None, "prometheus", INSTALL_HINT)
+    tmp = tmp_path_factory.mktemp("vllm-up")
+    ports = {flag: procs.free_port() for flag in UP_PORTS}
+    argv = [CLI, "up", "--engine", "vllm", "--no-console", "--log-dir", str(tmp / "logs"),
+            "--model-v1", str(vllm_setup.models["v1"]), "--model-v2",
+            str(vllm_setup.models["v2"]), "--vllm-args", VLLM_UP_ARGS,
+            "--startup-timeout", "300", "--seed", "1"]
+    for flag, port in ports.items():
+        argv += [flag, str(port)]
+    env = {**os.environ, "VLLM_CANARY_STATE": str(tmp / "state.json")}
+    out = tmp / "up.out"
+    proc = subprocess.Popen(argv, env=env, cwd=tmp, stdout=out.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while "Ctrl-C" not in out.read_text(errors="replace"):
+            assert proc.poll() is None, f"up exited {proc.returncode}:\n{out.read_text()}"
+            assert time.monotonic() < deadline, f"up not ready:\n{out.read_text()}"
+            time.sleep(1)
+        assert "prometheus     http://" in out.read_text(), out.read_text()
+        yield VllmUp(f"http://127.0.0.1:{ports['--prometheus-port']}",
+                     f"http://127.0.0.1:{ports['--port']}")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def test_native_vllm_panels_return_both_versions(vllm_up: VllmUp):
+    queries = [(n, q) for n, q in _dashboard_queries() if "vllm:" in q]
+    assert len(queries) >= 5  # KV cache, running, waiting, queue p50/p95, prefix-cache
+    prom = PrometheusServer(Path("."), jobs=[])
+    prom.host, prom.port = "127.0.0.1", int(vllm_up.prometheus.rsplit(":", 1)[1])
+    got = _wait_for(prom, 'up{job="vllm-engine"} == 1', {"v1", "v2"})
+    assert got == {"v1", "v2"}, got
+    # The same prompt again and again (prefix-cache hits), spread over several scrapes.
+    codes: list[int] = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(8):
+            codes += pool.map(lambda i: _post(vllm_up.gateway,
+                                              {"x-ab-test": "v2"} if i % 2 else {}), range(8))
+            time.sleep(0.5)
+    assert codes.count(200) == len(codes), codes
+    missing = {}
+    for name, expr in queries:
+        got = _wait_for(prom, expr, {"v1", "v2"}, timeout=20)
+        if not {"v1", "v2"} <= got:
+            missing[name] = (expr, sorted(got))
+    assert not missing, missing

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     for v in VERSIONS:
         p.add_argument(f"--model-{v}", help=f"vllm engine: model directory or name for {v}")
         p.add_argument(f"--upstream-{v}", help=f"upstream engine: OpenAI base URL for {v}")
+    p.add_argument("--vllm-args", default="", metavar="ARGS",
+                   help="vllm engine: extra arguments for vLLM's own server, one string split "
+                   "as a shell would, e.g. '--max-model-len 256 --enforce-eager'")
     p.add_argument("--lora-v2", metavar="DIR",
                    help="vllm engine: v2 is this LoRA adapter, served by v1's vLLM (one vLLM, "
                    "two versions; docs/lora.md)")
@@ -103,7 +107,11 @@ def _server_argv(args: argparse.Namespace, v: str, port: int, metrics: int,
     if v == "v2" and args.v2_latency_factor is not None:
         argv += ["--latency-factor", str(args.v2_latency_factor)]
     if engine_port is not None:  # vLLM's own server on a port we know, for Prometheus
-        argv += ["--", "--port", str(engine_port)]
+        try:
+            extra = shlex.split(args.vllm_args or "")
+        except ValueError as exc:
+            raise UserError(f"--vllm-args: {exc}") from None
+        argv += ["--", *extra, "--port", str(engine_port)]
     return argv
 
 
