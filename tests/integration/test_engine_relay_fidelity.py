@@ -283,9 +283,10 @@ def test_curls_form_content_type_is_forwarded_as_json(vllm_server: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(vllm_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def stack(shared_vllm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`vllm-canary up` with both versions' fronts relaying to the session's vLLM (engine
     `upstream`: the same relay as engine `vllm`, without a second 3 GB vLLM)."""
+    vllm_server = shared_vllm.get()
     tmp = tmp_path_factory.mktemp("up-relay")
     flags = ("--v1-port", "--v1-metrics-port", "--v2-port", "--v2-metrics-port", "--port",
              "--metrics-port", "--admin-port")
