@@ -18,6 +18,7 @@ from vllm_canary.errors import UserError
 # Modules that contribute sub-commands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "vllm_canary.server.commands",
+    "vllm_canary.server.loracommands",
     "vllm_canary.gateway.commands",
     "vllm_canary.k8s.commands",
     "vllm_canary.dataloop.commands",
