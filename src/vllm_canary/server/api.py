@@ -1,24 +1,30 @@
-"""OpenAI request models and error bodies for the model server.
+"""Request validation and error bodies for the simulator's front (server/app.py).
 
-Requests are validated here once; a bad one becomes an `ApiError` that the front renders as
-`{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+Requests are validated here once (models: requestmodels.py); a bad one becomes an `ApiError`
+that the front renders as `{"error": {"message", "type", "param", "code"}}` with a 4xx
+status. A field or a value the simulator does not implement is a 400 that names it
+(`unsupported_parameter`), never silently ignored; a request shape it does implement is
+checked under vLLM's rules (each rule's source is named where it is applied).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from pydantic import ValidationError
 
 from vllm_canary.server import jsonlimits
 from vllm_canary.server.engines.base import EngineError, GenerationRequest, Kind, Prompt, ToolSpec
 from vllm_canary.server.engines.simjson import SchemaError, check_schema
+from vllm_canary.server.requestmodels import (
+    MAX_CHOICES,
+    ChatBody,
+    CompletionBody,
+    Message,
+    NamedToolChoice,
+    ResponseFormat,
+    SamplingBody,
+)
 
 
 class ApiError(EngineError):
@@ -34,163 +40,6 @@ def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-# The request models follow vLLM 0.32's CompletionRequest / ChatCompletionRequest
-# (vllm/entrypoints/openai/{completion,chat_completion}/protocol.py) for what the simulator
-# answers. Every optional field accepts null and null means its default, as OpenAI's schema
-# marks them nullable (openai-openapi openapi.yaml: CreateCompletionRequest and
-# CreateChatCompletionRequest, `nullable: true` on temperature, top_p, n, stream,
-# max_tokens, logprobs, echo, stop, seed, ...).
-MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
-MAX_CHOICES = 64  # prompts x n: bounds one request's work in the simulator
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    include_usage: bool | None = Field(default=False, strict=True)
-    continuous_usage_stats: Literal[False] | None = None
-
-
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_calls, tool_call_id, ...
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-
-    @field_validator("content", mode="before")
-    @classmethod
-    def _text_parts_only(cls, value: Any) -> Any:
-        for part in value if isinstance(value, list) else ():
-            kind = part.get("type") if isinstance(part, dict) else None
-            if isinstance(kind, str) and kind != "text":
-                raise ValueError(
-                    f"the sim engine reads only text content parts, not '{kind}'; send text, "
-                    "or serve a real multimodal model (--engine vllm)")
-        return value
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: str | None = None
-    description: str | None = None
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-
-
-class FunctionDef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class Tool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["function"] = "function"
-    function: FunctionDef
-
-
-class NamedFunction(BaseModel):
-    name: str
-
-
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["function"] = "function"
-    function: NamedFunction
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")  # checked by _refuse_unimplemented
-
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, strict=True, ge=0)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int | None = Field(default=None, strict=True, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, strict=True)
-    stream: bool | None = Field(default=None, strict=True)
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    response_format: ResponseFormat | None = None
-    include_stop_str_in_output: bool | None = Field(default=None, strict=True)
-    ignore_eos: bool | None = Field(default=None, strict=True)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
-
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-
-class CompletionBody(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool | None = Field(default=None, strict=True)
-    logprobs: int | None = Field(default=None, strict=True, ge=0, le=MAX_LOGPROBS)
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _prompt_shape(cls, value: Any) -> Any:
-        if value == "" or value == []:
-            raise ValueError("Either prompt or prompt_embeds must be provided and non-empty.")
-        if isinstance(value, list):
-            if all(isinstance(v, str) for v in value):
-                if any(v == "" for v in value):
-                    raise ValueError("each prompt in the list must be non-empty")
-            elif all(_is_ids(v) for v in value):
-                pass
-            elif not _is_ids(value):
-                raise ValueError("prompt must be a string, a list of strings, a list of token "
-                                 "ids (integers >= 0) or a list of such lists")
-        return value
-
-    def prompts(self) -> tuple[Prompt, ...]:
-        p = self.prompt
-        if isinstance(p, str):
-            return (p,)
-        if p and isinstance(p[0], int):
-            return (tuple(p),)  # type: ignore[arg-type]
-        return tuple(x if isinstance(x, str) else tuple(x) for x in p)  # type: ignore[misc]
-
-
-class ChatBody(_Sampling):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, strict=True, ge=1)
-    logprobs: bool | None = Field(default=None, strict=True)
-    top_logprobs: int | None = Field(default=None, strict=True, ge=0, le=MAX_LOGPROBS)
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None  # the simulator makes one call either way
-
-
-def _is_ids(value: Any) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(type(v) is int and v >= 0 for v in value))
 
 
 # Fields the simulator does not implement, with the values that mean "off" (null always
@@ -216,7 +65,7 @@ _METADATA = frozenset({"user", "metadata", "store", "request_id", "cache_salt",
                        "kv_transfer_params", "session_id"})
 
 
-def _refuse_unimplemented(body: _Sampling, kind: Kind) -> None:
+def _refuse_unimplemented(body: SamplingBody, kind: Kind) -> None:
     route = "/v1/completions" if kind == "completion" else "/v1/chat/completions"
     for name, value in (body.model_extra or {}).items():
         if value is None or name in _METADATA:
@@ -329,10 +178,10 @@ def parse_request(
     default_model: str,
     max_tokens_limit: int,
     request_id: str,
-) -> tuple[GenerationRequest, _Sampling]:
+) -> tuple[GenerationRequest, SamplingBody]:
     """Validate a decoded body into the simulator's request (and the parsed body, for stream
     options). A field or value the simulator does not implement is a 400 that names it."""
-    model_cls: type[_Sampling] = CompletionBody if kind == "completion" else ChatBody
+    model_cls: type[SamplingBody] = CompletionBody if kind == "completion" else ChatBody
     try:
         body = model_cls.model_validate(data)
     except ValidationError as exc:
