@@ -32,8 +32,9 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
     """Answer `request` with `resp`'s status, `headers` and body, each chunk written as it
     arrives (with back-pressure) and shown to `on_chunk` first.
 
-    Returns "" on a clean end, "UC" when the upstream broke mid-answer, "UT" when it went silent
-    (`Response.expire`) and "DC" when the client went away (Envoy's flags); in the last three
+    Returns "" on a clean end, "UC" when the upstream broke mid-answer, "SI" when it stayed
+    silent past the pool's `idle_timeout` or "UT" past the caller's (`Response.expire`), and "DC"
+    when the client went away (Envoy's flags); in all but the first
     the client's connection is cut, so it sees a truncated answer, never a clean end. The
     upstream response is released or closed either way; a cancellation (the client
     disconnected) closes it, which cancels the upstream request.
@@ -44,6 +45,10 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
             if on_chunk is not None:
                 on_chunk(chunk)
             await request.write(chunk)
+    except TimeoutError:  # the pool's idle timeout (an OSError: caught first)
+        resp.close()
+        request.abort()
+        return "SI"
     except (UpstreamError, OSError) as exc:
         resp.close()
         request.abort()

@@ -26,7 +26,6 @@ import random
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -42,6 +41,7 @@ from vllm_canary.gateway.h1server import (
     error_body,
 )
 from vllm_canary.gateway.mirror import Mirror
+from vllm_canary.gateway.pipe import forwardable, pipe
 from vllm_canary.gateway.routing import (
     Destination,
     HeaderEdit,
@@ -54,10 +54,6 @@ from vllm_canary.gateway.routing import (
 from vllm_canary.gateway.store import RouteStore
 from vllm_canary.gateway.telemetry import UNKNOWN, DestinationLabels, Telemetry
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "content-length",
-})
 SMALL_BODY = 1 << 20  # answers up to this size (with a length, not SSE) are sent in one write
 RESET_MSG = "upstream connect error or disconnect/reset before headers. reset reason: "
 _NO_TIMER = contextlib.nullcontext()  # stands in for asyncio.timeout(None), which arms nothing
@@ -98,13 +94,6 @@ def apply_edit(headers: CIMultiDict[str], edit: HeaderEdit) -> None:
         headers.add(name, value)
 
 
-def forwardable(headers: Iterable[tuple[str, str]], extra_hop: str = "") -> CIMultiDict[str]:
-    """A copy without hop-by-hop headers (and those the Connection header names)."""
-    drop = HOP_BY_HOP | {h.strip().lower() for h in extra_hop.split(",") if h.strip()} \
-        if extra_hop else HOP_BY_HOP
-    return CIMultiDict([(k, v) for k, v in headers if k.lower() not in drop])
-
-
 @dataclass
 class Exchange:
     """Per-request bookkeeping for telemetry."""
@@ -115,6 +104,9 @@ class Exchange:
     status: int = 0
     flags: list[str] = field(default_factory=list)
     dest: DestinationLabels = UNKNOWN
+
+    def sent(self, chunk: bytes) -> None:
+        self.response_bytes += len(chunk)
 
 
 class Proxy:
@@ -339,24 +331,9 @@ class Proxy:
             resp.release()
             return request.respond(resp.status, headers, small,
                                    resp.content_length if request.head_only else None)
-        try:
-            request.start(resp.status, headers, resp.content_length)
-            async for chunk in resp.iter_chunks():
-                ex.response_bytes += len(chunk)
-                await request.write(chunk)
-        except TimeoutError:  # the upstream went quiet mid-stream (an OSError: caught first)
-            resp.close()
-            ex.flags.append("SI")
-            return request.abort()
-        except (UpstreamError, OSError) as exc:
-            resp.close()
-            ex.flags.append("UC" if isinstance(exc, UpstreamError) else "DC")
-            return request.abort()  # the client sees a truncated answer, not a clean end
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
-        request.end()
+        flag = await pipe(request, resp, headers, ex.sent)  # the relay core (gateway/pipe.py)
+        if flag:
+            ex.flags.append(flag)
 
     async def close(self) -> None:
         for pool, _ in self._pools.values():
