@@ -72,3 +72,16 @@ def test_a_mirror_to_an_adapter_is_refused():
         share_pods(docs, {"v2": "v1"})
     with pytest.raises(UserError, match="no subset 'v9'"):
         share_pods(_packaged(), {"v2": "v9"})
+
+
+def test_remove_can_repoint_a_route_that_sends_everything_to_it():
+    docs = share_pods(_packaged(), {"v2": "v1"})
+    for dest in docs[0]["spec"]["http"][1]["route"]:
+        dest["weight"] = 100 if dest["destination"]["subset"] == "v1" else 0
+    out = remove_version(docs, "v2", repoint="v1")
+    ab = out[0]["spec"]["http"][0]["route"]
+    assert ab == [{"destination": {"host": "vllm-service.default.svc.cluster.local",
+                                   "subset": "v1"}, "headers": {"request": {"remove": [
+                                       "x-canary-version"]}}}]
+    assert [s["name"] for s in out[1]["spec"]["subsets"]] == ["v1"]
+    _compile(out)  # still routes Istio accepts

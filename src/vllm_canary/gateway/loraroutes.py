@@ -103,15 +103,20 @@ def add_version(docs: list[Doc], version: str, base: str) -> list[Doc]:
     return share_pods(out, {version: base}, set(adapters_in(out)))
 
 
-def remove_version(docs: list[Doc], version: str) -> list[Doc]:
+def remove_version(docs: list[Doc], version: str, repoint: str | None = None) -> list[Doc]:
     """`docs` without adapter `version`: its destinations (which must have weight 0) and its
-    subset. Raises UserError while a route still gives it weight, or routes only to it."""
+    subset. Raises UserError while a route still gives it weight, or routes only to it
+    (unless `repoint` names the version such a route goes to instead, e.g. the base)."""
     out = copy.deepcopy(docs)
     for vs in _kind(out, "VirtualService"):
         for route in vs.get("spec", {}).get("http", []):
             dests = route.get("route", [])
             mine = [d for d in dests if (d.get("destination") or {}).get("subset") == version]
             if not mine:
+                continue
+            if len(dests) == 1 and repoint is not None:
+                dests[0]["destination"]["subset"] = repoint
+                _edit_destination(dests[0], adapters_in(out) - {version})
                 continue
             if len(dests) == 1:
                 raise UserError(f"route {route.get('name')!r} sends all its traffic to "

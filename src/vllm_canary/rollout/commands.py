@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(start)
     add_target_flags(start)
     start.add_argument("--metrics-port", type=int, help="export phase and weight on this port")
+    start.add_argument("--unload-on-abort", action="store_true",
+                       help="LoRA canary: unload the adapter when the rollout aborts")
     start.set_defaults(handler=_start)
     for name, helptext in (("status", "show the rollout's phase, weights and verdicts"),
                            ("promote", "skip the remaining steps: all traffic to the canary"),
@@ -189,13 +191,22 @@ def _start(args: argparse.Namespace) -> int:
             raise UserError(f"a rollout is already running (pid {old.controller_pid}): "
                             "see `vllm-canary rollout status`, or `abort` it")
         print(f"resuming the unfinished rollout in {store.path} at step {old.step + 1}")
-        return _follow(_controller(old, store), args)
+        return _after(_follow(ctl := _controller(old, store), args), ctl, args)
     state = RolloutState(strategy=strategy.model_dump(by_alias=True, exclude_none=True),
                          target=target_from_args(args))
     store.request_path.unlink(missing_ok=True)
     ctl = _controller(state, store)
     print(f"rollout: {ctl.actuator.describe()}; metrics: {ctl.source.describe()}")
-    return _follow(ctl, args)
+    return _after(_follow(ctl, args), ctl, args)
+
+
+def _after(code: int, ctl: Any, args: argparse.Namespace) -> int:
+    """--unload-on-abort: an aborted LoRA canary is unloaded (server/loracommands.py)."""
+    if code == EXIT_ABORTED and getattr(args, "unload_on_abort", False):
+        from vllm_canary.server.loracommands import unload_aborted
+
+        unload_aborted(ctl.strategy.canary, ctl.strategy.stable)
+    return code
 
 
 def _load(args: argparse.Namespace) -> tuple[StateStore, RolloutState]:

@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--version", required=True, help="the new version's label, e.g. v3")
     load.add_argument("--path", required=True, type=Path, help="the adapter folder (PEFT's)")
     load.add_argument("--name", help="served name (default: base-version-<hash of weights>)")
+    load.add_argument("--error-rate", type=float, metavar="RATE",
+                      help="fail this fraction of its requests at the front (fault injection "
+                      "for canary tests, as up --v2-error-rate)")
     load.add_argument("--no-routes", action="store_true",
                       help="do not add the version to the local stack's routes")
     _flags(load)
@@ -139,6 +142,8 @@ def _load(args: argparse.Namespace) -> int:
     client, stack = _client(args)
     body = {"version": args.version, "path": str(args.path.expanduser().resolve()),
             "name": args.name}
+    if args.error_rate is not None:
+        body["error_rate"] = args.error_rate
     adapter = client.call("POST", "", body)
     routed = ""
     if stack is not None and not args.no_routes:
@@ -157,13 +162,38 @@ def _load(args: argparse.Namespace) -> int:
 
 def _unload(args: argparse.Namespace) -> int:
     client, stack = _client(args)
-    if stack is not None and not args.no_routes:
+    adapter = unload(client, stack if not args.no_routes else None, args.version)
+    return _print(args, adapter, f"unloaded {adapter['version']} ({adapter['name']})")
+
+
+def unload(client: LoraClient, stack: stackstate.StackState | None, version: str,
+           repoint: str | None = None) -> dict[str, Any]:
+    """Take `version` out of the stack's routes (refused while it has weight; a route that
+    sends it everything goes to `repoint` if given), then unload it from the server."""
+    if stack is not None:
         from vllm_canary.gateway import loraroutes
         from vllm_canary.gateway.adminclient import AdminClient
 
         admin = AdminClient(stack.admin_url, stack.admin_token)
-        _rewrite_routes(stack, admin, lambda docs: loraroutes.remove_version(docs, args.version))
+        _rewrite_routes(stack, admin,
+                        lambda docs: loraroutes.remove_version(docs, version, repoint))
         stackstate.save(stack.model_copy(update={"lora": {
-            v: b for v, b in stack.lora.items() if v != args.version}}))
-    adapter = client.call("DELETE", "/" + args.version)
-    return _print(args, adapter, f"unloaded {adapter['version']} ({adapter['name']})")
+            v: b for v, b in stack.lora.items() if v != version}}))
+    return client.call("DELETE", "/" + version)
+
+
+def unload_aborted(version: str, base: str) -> None:
+    """`rollout start --unload-on-abort`: after an abort (all traffic on `base`), unload the
+    canary if it is a LoRA version of the local stack; a line says what happened."""
+    stack = stackstate.load()
+    if stack is None or version not in stack.lora:
+        print(f"--unload-on-abort: {version} is not a LoRA version of a running local stack; "
+              "nothing unloaded")
+        return
+    client = LoraClient(stack.servers[stack.lora[version]].url, stack.admin_token)
+    try:
+        adapter = unload(client, stack, version, repoint=base)
+    except UserError as exc:
+        print(f"--unload-on-abort: {version} not unloaded: {exc.message}")
+        return
+    print(f"unloaded the aborted adapter {version} ({adapter['name']})")

@@ -9,7 +9,7 @@ base) a request is the base's, untouched. `/metrics` merges every version's seri
 
 Admin API (bearer token `$VLLM_CANARY_ADMIN_TOKEN`; refused when it is unset):
   GET    /vllm-canary/lora            -> {"base", "base_model", "max_lora_rank", "adapters"}
-  POST   /vllm-canary/lora            {"version", "path", "name"?} -> 201 the adapter
+  POST   /vllm-canary/lora            {"version", "path", "name"?, "error_rate"?} -> 201
   DELETE /vllm-canary/lora/<version>  -> 200 the adapter
 """
 
@@ -290,11 +290,14 @@ class LoraFront:
             data = orjson.loads(inc.body)
         except orjson.JSONDecodeError:
             data = None
+        rate = data.get("error_rate") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("version"), str) or \
                 not isinstance(data.get("path"), str) or \
-                not isinstance(data.get("name"), str | None):
+                not isinstance(data.get("name"), str | None) or not (
+                    rate is None or (isinstance(rate, int | float) and not isinstance(rate, bool)
+                                     and 0 <= rate <= 1)):
             raise LoraError(400, 'expected {"version": "v3", "path": "/abs/adapter", '
-                            '"name": optional served name}')
+                            '"name": optional served name, "error_rate": optional 0..1}')
         if self._loading:
             raise LoraError(503, "the server is still starting; retry when /health is ok")
         adapter = await self.manager.load(data["version"], data["path"], data.get("name"))
@@ -304,6 +307,8 @@ class LoraFront:
             with contextlib.suppress(LoraError):
                 await self.manager.unload(adapter.version)
             raise
+        if rate is not None:  # fault injection for canary tests, as --lora-error-rate
+            self.error_rates[adapter.version] = float(rate)
         self._json(inc, 201, adapter.__dict__)
 
     def _json(self, inc: Incoming, status: int, body: Any) -> None:
