@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from vllm_canary.dataloop.logs import ReadStats, read_records
+from vllm_canary.server import requestlog
 from vllm_canary.server.redact import Redactor
 from vllm_canary.server.requestlog import RequestLog, redact, redact_record
 
@@ -174,3 +175,18 @@ def test_worst_inputs_are_linear(kind: str) -> None:
     started = time.process_time()
     redactor.text(WORST[kind])
     assert time.process_time() - started < 5.0
+
+
+def test_a_flood_of_big_records_is_dropped_and_counted(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue is bounded in text as well as in records (100,000 records of 4 MB would not
+    fit in memory)."""
+    monkeypatch.setattr(requestlog, "MAX_QUEUED_BYTES", 1000)
+    log = RequestLog(tmp_path, "v1", host="h")
+    log.write({"request_id": "big", "prompt": "x" * 5000})
+    log.write({"request_id": "small", "prompt": "x"})
+    log.close()
+    assert log.counts["dropped"] == 1 and log.counts["written"] == 1
+    [path] = tmp_path.iterdir()
+    assert [json.loads(line)["request_id"] for line in path.read_text().splitlines()] == \
+        ["small"]

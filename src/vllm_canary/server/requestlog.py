@@ -38,6 +38,7 @@ REDACT_SKIP = frozenset({"ts", "request_id", "version", "model", "host", "endpoi
                          "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "opt_out",
                          "redacted", "finish_reason", "shadow", "repaired"})
 OUTCOMES = ("written", "repaired", "dropped", "failed")
+MAX_QUEUED_BYTES = 256 * 1024 * 1024  # text waiting for the writer (a flood of 4 MB prompts)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _REDACTOR = Redactor()
 
@@ -85,6 +86,20 @@ def redact_record(record: dict[str, Any], redactor: Redactor = _REDACTOR) -> dic
             changed |= hit
     record["redacted"] = changed
     return record
+
+
+def _text_size(record: dict[str, Any]) -> int:
+    """Characters of text in a record (iterative; what the writer will have to redact)."""
+    size, stack = 0, [record]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return size
 
 
 def _repaired(value: Any) -> Any:
@@ -140,7 +155,10 @@ class RequestLog:
         self.redactor = redactor or _REDACTOR
         self.sample_rate = sample_rate
         self.counts = dict.fromkeys(OUTCOMES, 0)
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=100_000)
+        self._queue: queue.Queue[tuple[dict[str, Any], int] | None] = \
+            queue.Queue(maxsize=100_000)
+        self._queued_bytes = 0
+        self._lock = threading.Lock()
         self._fd: int | None = None
         self._day = ""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -160,22 +178,35 @@ class RequestLog:
         return self.directory / f"requests-{day}-{self.version}-{self.host}.jsonl"
 
     def write(self, record: dict[str, Any]) -> None:
-        """Queue a record; never blocks the caller (a full queue drops and counts)."""
+        """Queue a record; never blocks the caller (a full queue, in records or in
+        MAX_QUEUED_BYTES of text, drops it and counts)."""
+        size = _text_size(record)
+        with self._lock:
+            if self._queued_bytes + size > MAX_QUEUED_BYTES:
+                self.counts["dropped"] += 1
+                return
+            self._queued_bytes += size
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait((record, size))
         except queue.Full:
-            self.counts["dropped"] += 1
+            with self._lock:
+                self._queued_bytes -= size
+                self.counts["dropped"] += 1
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while (record := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            record, size = item
             try:
-                self.counts["repaired" if self._append(record) else "written"] += 1
+                outcome = "repaired" if self._append(record) else "written"
             except Exception:  # a bad disk must not stop the writer; counted, not silent
-                self.counts["failed"] += 1
+                outcome = "failed"
+            with self._lock:
+                self._queued_bytes -= size
+                self.counts[outcome] += 1
         if self._fd is not None:
             os.close(self._fd)
 
