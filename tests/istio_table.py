@@ -52,10 +52,10 @@ def http_of(row: dict[str, Any], case: str | None = None) -> list[dict[str, Any]
     return http
 
 
-def routes_yaml(http: list[dict[str, Any]]) -> str:
+def routes_yaml(http: list[dict[str, Any]], hosts: list[str] | None = None) -> str:
     vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
           "metadata": {"name": "vllm", "namespace": "default"},
-          "spec": {"hosts": [HOST], "http": http}}
+          "spec": {"hosts": hosts or [HOST], "http": http}}
     return yaml.safe_dump(vs, sort_keys=False) + "---\n" + DR
 
 

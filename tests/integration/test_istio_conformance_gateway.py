@@ -209,7 +209,7 @@ def test_accepted_row_as_envoy_executes_it(stack: Stack, row: dict[str, Any]) ->
 def test_refused_row_is_refused_on_reload_naming_the_field(stack: Stack,
                                                           row: dict[str, Any]) -> None:
     good = stack.routes.read_text()
-    stack.routes.write_text(routes_yaml(http_of(row)))
+    stack.routes.write_text(routes_yaml(http_of(row), row.get("hosts")))
     try:
         status, body = stack.admin_call("POST", "/reload")
     finally:

@@ -31,7 +31,7 @@ IDS = [r["id"] for r in rows()]
 
 
 def compiled(row: dict[str, Any]) -> RouteTable:
-    objs = parse_documents(routes_yaml(http_of(row)))
+    objs = parse_documents(routes_yaml(http_of(row), row.get("hosts")))
     found = compile_table(objs)
     schema = crd.find_crds()
     if schema is not None:  # what the loader accepts, Istio's CRD schema accepts too
@@ -67,7 +67,7 @@ def test_table_is_complete_and_documented() -> None:
 @pytest.mark.parametrize("row", refuse_rows(), ids=[r["id"] for r in refuse_rows()])
 def test_refused_as_istio_refuses(row: dict[str, Any]) -> None:
     with pytest.raises(RoutesError) as info:
-        compile_table(parse_documents(routes_yaml(http_of(row))))
+        compile_table(parse_documents(routes_yaml(http_of(row), row.get("hosts"))))
     assert f"VirtualService default/vllm: {row['refuse']}" in info.value.message
 
 

@@ -7,7 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 from vllm_canary.gateway import istio_fields as F
-from vllm_canary.gateway.istio import Checker, IstioObjects, RoutesError
+from vllm_canary.gateway.istio import Checker, IstioObjects, RoutesError, domain_problem, is_ip
 from vllm_canary.gateway.routing import (
     Destination,
     Fault,
@@ -23,6 +23,8 @@ from vllm_canary.gateway.routing import (
     VirtualHost,
     fqdn,
 )
+
+_SUBSET = re.compile(r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?")  # a DNS-1123 label
 
 
 def compile_table(objs: IstioObjects) -> RouteTable:
@@ -46,6 +48,8 @@ def _service(doc: dict[str, Any]) -> Service:
         path = f"spec.subsets[{i}]"
         sub = o.fields(raw, path, F.SUBSET, F.SUBSET_ISTIO)
         name = o.string(sub.get("name"), f"{path}.name")
+        if len(name) > 63 or not _SUBSET.fullmatch(name):  # Istio's validateSubsetName
+            o.fail(f"{path}.name", f"subset name is invalid: {name!r} (Istio's validation)")
         labels = sub.get("labels") or {}
         if not isinstance(labels, dict):
             o.fail(f"{path}.labels", "must be a mapping of label: value")
@@ -95,8 +99,16 @@ def _virtual_host(doc: dict[str, Any], services: dict[str, Service]) -> VirtualH
                                                                           "spec.hosts"))]
     if not hosts:
         o.fail("spec.hosts", "needs at least one host")
-    for i, g in enumerate(o.items(spec.get("gateways"), "spec.gateways")):
-        o.string(g, f"spec.gateways[{i}]")  # the local gateway is both the mesh and the ingress
+    gateways = [o.string(g, f"spec.gateways[{i}]")  # the local gateway is mesh and ingress
+                for i, g in enumerate(o.items(spec.get("gateways"), "spec.gateways"))]
+    mesh = not gateways or "mesh" in gateways
+    for i, h in enumerate(hosts):  # Istio's ValidateVirtualService
+        problem = domain_problem(h)
+        if problem is not None and not is_ip(h):
+            o.fail(f"spec.hosts[{i}]", f"{problem} (Istio's validation)")
+        if h == "*" and mesh:
+            o.fail(f"spec.hosts[{i}]", "wildcard host * is not allowed for virtual services "
+                   "bound to the mesh gateway (Istio's validation)")
     for i, e in enumerate(o.items(spec.get("exportTo"), "spec.exportTo")):
         o.string(e, f"spec.exportTo[{i}]")  # one namespace locally: visibility always holds
     raw_routes = o.items(spec.get("http"), "spec.http")
@@ -153,8 +165,14 @@ def _match(o: Checker, raw: Any, path: str) -> MatchBlock:
 def _destination(o: Checker, raw: Any, path: str, services: dict[str, Service],
                  weight: int = 100, headers: HeaderOps | None = None) -> Destination:
     d = o.fields(raw, path, F.DESTINATION)
-    host = fqdn(o.string(d.get("host"), f"{path}.host").lower(), o.namespace)
+    given = o.string(d.get("host"), f"{path}.host")
+    problem = "invalid destination host *" if given == "*" else domain_problem(given)
+    if problem is not None:  # Istio's validateDestination
+        o.fail(f"{path}.host", f"{problem} (Istio's validation)")
+    host = fqdn(given.lower(), o.namespace)
     subset = o.string(d["subset"], f"{path}.subset") if "subset" in d else None
+    if subset is not None and (len(subset) > 63 or not _SUBSET.fullmatch(subset)):
+        o.fail(f"{path}.subset", f"subset name is invalid: {subset} (Istio's validation)")
     if subset is not None:
         svc = services.get(host)
         if svc is None:

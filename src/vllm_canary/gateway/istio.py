@@ -8,6 +8,7 @@ naming the object and the field, never silently ignored.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,41 @@ _NOT_RE2 = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
 # Istio's validHeaderNameRegex (an RFC 7230 token), plus HTTP/2 pseudo headers.
 _HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+|:(method|scheme|authority|path|status)")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# Istio pkg/config/labels: DNS-1123 labels (either case) and a first label with a wildcard.
+_LABEL = r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?"
+_DNS_LABEL = re.compile(_LABEL)
+_WILD_LABEL = re.compile(rf"\*|(?:\*|\*-)?{_LABEL}")
+
+
+def domain_problem(name: str, wildcard: bool = True) -> str | None:
+    """Why Istio's ValidateWildcardDomain (or ValidateFQDN) refuses `name`, else None
+    (pkg/config/validation/agent/validation.go)."""
+    if not name:
+        return "empty domain name not allowed"
+    if len(name) > 255:
+        return f"domain name {name!r} too long (max 255)"
+    first, _, rest = name.partition(".")
+    labels = [first, *rest.split(".")] if rest or "." in name else [first]
+    head = _WILD_LABEL if wildcard else _DNS_LABEL
+    if len(first) > 63 or not head.fullmatch(first):
+        return f"domain name {name!r} invalid (label {first!r} invalid)"
+    if labels[-1].isdigit() and len(labels) > 1:
+        return f"domain name {name!r} invalid (top level domain {labels[-1]!r} cannot be " \
+               "all-numeric)"
+    for i, label in enumerate(labels[1:], 1):
+        if i == len(labels) - 1 and label == "":
+            break  # a trailing dot, as in `istio.io.`
+        if len(label) > 63 or not _DNS_LABEL.fullmatch(label):
+            return f"domain name {name!r} invalid (label {label!r} invalid)"
+    return None
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class RoutesError(UserError):
