@@ -169,18 +169,26 @@ async def test_nulls_prompt_lists_and_vllm_fields_over_http() -> None:
     assert resp.status == 200
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]  # prompt * n + choice
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 12, "total_tokens": 15,
-                             "prompt_tokens_details": None}
+                             "prompt_tokens_details": None, "completion_tokens_details": None}
     first = body["choices"][0]
     assert first["stop_reason"] is None and first["logprobs"] is None
     assert body["text"] == first["text"]
-    assert {"service_tier", "system_fingerprint", "kv_transfer_params"} <= set(body)
+    # The fields a real vLLM 0.32 writes (model_dump of CompletionResponse), nulls included.
+    assert set(body) == {"id", "object", "created", "model", "choices", "usage", "text",
+                         "service_tier", "system_fingerprint", "kv_transfer_params",
+                         "ec_transfer_params", "metrics"}
+    assert set(first) == {"index", "text", "logprobs", "finish_reason", "stop_reason",
+                          "token_ids", "prompt_logprobs", "prompt_token_ids", "routed_experts"}
+    assert body["system_fingerprint"] == "vllm-canary-sim-v1"
     resp = await client.post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": 2,
         "stream": True})
     events = [e for e in (await resp.text()).split("\n\n") if e.startswith("data: {")]
     # vLLM opens a chat stream with one role chunk per choice, before any token.
     assert ['"role":"assistant","content":""' in e for e in events[:2]] == [True, True]
-    assert all('"stop_reason"' in e for e in events if '"finish_reason":"length"' in e)
+    last = [e for e in events if '"finish_reason":"length"' in e]
+    assert len(last) == 2 and all('"stop_reason":null' in e for e in last)
+    assert '"system_fingerprint":"vllm-canary-sim-v1"' in last[-1]  # on the stream's last
     await client.close()
 
 

@@ -100,6 +100,7 @@ class ModelServer:
         self.metrics: ServerMetrics | None = None
         self.shadow_metrics: ShadowMetrics | None = None
         self.draining = False
+        self.fingerprint = f"vllm-canary-sim-{self.version}"  # vLLM: f"vllm-{version}-..."
         # The simulator reports its own utilization; real engines get NVML's (or none).
         self.utilization = getattr(engine, "utilization", None) or utilization
 
@@ -249,8 +250,9 @@ class ModelServer:
             "created": int(time.time()),
             "model": gen.model,
             "choices": choices,
-            "usage": {**_usage(usage), "prompt_tokens_details": None},
-            **whole_extras(gen.kind),
+            "usage": {**_usage(usage), "prompt_tokens_details": None,
+                      "completion_tokens_details": None},
+            **whole_extras(gen.kind, self.fingerprint),
         }
         if gen.kind == "completion":
             body["text"] = choices[0]["text"]  # the seed reads `jq -r .text`
@@ -272,13 +274,17 @@ class ModelServer:
             head = {"id": response_id, "object": obj, "created": created, "model": gen.model}
             if gen.kind == "chat" and first is not None:  # vLLM: one role chunk per choice
                 for i in range(gen.n):
-                    await response.write(_sse({**head, "choices": [role_chunk(i)]}))
+                    await response.write(_sse({**head, "choices": [role_chunk(i)],
+                                               "prompt_token_ids": None, "prompt_text": None}))
             try:
                 async for event in _prepend(first, events):
                     trace.on_event(event, metrics)
                     if isinstance(event, Delta):
-                        choice = stream_choice(gen, event, trace.choice(event.index))
-                        await response.write(_sse({**head, "choices": [choice]}))
+                        chunk = {**head, "choices": [stream_choice(gen, event,
+                                                                   trace.choice(event.index))]}
+                        if event.finish_reason is not None and not include_usage:
+                            chunk["system_fingerprint"] = self.fingerprint  # as vLLM
+                        await response.write(_sse(chunk))
             except EngineError as exc:  # failed mid-stream: tell the client in-band
                 trace.status, trace.error = exc.status, exc.message
                 await response.write(_sse(exc.body()))
@@ -288,7 +294,8 @@ class ModelServer:
             usage = trace.usage or Usage(0, 0)
             await response.write(_sse({"id": response_id, "object": obj, "created": created,
                                        "model": gen.model, "choices": [],
-                                       "usage": _usage(usage)}))
+                                       "usage": _usage(usage),
+                                       "system_fingerprint": self.fingerprint}))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -2,13 +2,16 @@
 vllm/entrypoints/openai/{completion,chat_completion}/{protocol,serving}.py).
 
 - Whole answers carry the fields vLLM's `model_dump()` writes (nulls included):
-  `stop_reason`, `token_ids`, `prompt_logprobs`, `service_tier`, `system_fingerprint`,
-  `kv_transfer_params`, and the chat message's `refusal`, `annotations`, `audio`,
-  `function_call`, `reasoning` (and `tool_calls` only when there are some).
+  `stop_reason`, `token_ids`, `prompt_logprobs`, `routed_experts`, `service_tier`,
+  `system_fingerprint` (here "vllm-canary-sim-<version>"), `kv_transfer_params`,
+  `ec_transfer_params`, `metrics`, usage details, and the chat message's `refusal`,
+  `annotations`, `audio`, `function_call`, `reasoning` (`tool_calls` only when there are
+  some). Checked against a real vLLM 0.32 on 17 request kinds (same field paths).
 - Stream chunks carry what vLLM sets (`exclude_unset`): a chat stream opens with one
   `{"role": "assistant", "content": ""}` chunk per choice; `stop_reason` rides on a choice's
-  last chunk; a tool call streams as `tool_calls` deltas, the first with id, type and name,
-  the rest with argument text only.
+  last chunk, and so does `system_fingerprint` (on the usage chunk instead, if any); a
+  tool call streams as `tool_calls` deltas, the first with id, type and name, the rest with
+  argument text only.
 - Completion logprobs: `tokens`, `token_logprobs`, `top_logprobs` (a dict of the first
   k + 1 entries of vLLM's logprob dict: the sampled token, then ranks 1..k) and `text_offset`
   (character offsets, continued across chunks). Chat logprobs: `content[{token, logprob,
@@ -88,7 +91,7 @@ def whole_choice(gen: GenerationRequest, index: int, state: ChoiceState) -> dict
         logprobs = None if k is None else completion_logprobs(state.logprobs, k)[0]
         return {"index": index, "text": state.text, "logprobs": logprobs,
                 "finish_reason": finish, "stop_reason": state.stop_reason, "token_ids": None,
-                "prompt_logprobs": None, "prompt_token_ids": None}
+                "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
     calls = state.tool_calls()
     # vLLM: a forced call (named or "required") has content "", an auto call None.
     content: str | None = state.text
@@ -100,15 +103,16 @@ def whole_choice(gen: GenerationRequest, index: int, state: ChoiceState) -> dict
         message["tool_calls"] = calls
     return {"index": index, "message": message,
             "logprobs": None if k is None else chat_logprobs(state.logprobs, k),
-            "finish_reason": finish, "stop_reason": state.stop_reason, "token_ids": None}
+            "finish_reason": finish, "stop_reason": state.stop_reason, "token_ids": None,
+            "routed_experts": None}
 
 
-def whole_extras(kind: str) -> dict[str, Any]:
+def whole_extras(kind: str, fingerprint: str) -> dict[str, Any]:
     """vLLM's top-level fields of a whole answer beyond OpenAI's."""
-    extras: dict[str, Any] = {"service_tier": None, "system_fingerprint": None}
+    extras: dict[str, Any] = {"service_tier": None, "system_fingerprint": fingerprint}
     if kind == "chat":
-        extras.update(prompt_logprobs=None, prompt_token_ids=None)
-    extras["kv_transfer_params"] = None
+        extras.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+    extras.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
     return extras
 
 
