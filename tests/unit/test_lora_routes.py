@@ -60,7 +60,7 @@ def test_remove_refuses_while_the_version_has_weight():
     three = add_version(docs, "v3", "v1")
     for dest in three[0]["spec"]["http"][1]["route"]:
         dest["weight"] = {"v1": 90, "v2": 0, "v3": 10}[dest["destination"]["subset"]]
-    with pytest.raises(UserError, match="v3 still has weight on route 'canary'"):
+    with pytest.raises(UserError, match="v3 still has weight 10 on route 'canary'"):
         remove_version(three, "v3")
 
 

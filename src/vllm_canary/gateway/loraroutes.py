@@ -121,9 +121,11 @@ def remove_version(docs: list[Doc], version: str, repoint: str | None = None) ->
             if len(dests) == 1:
                 raise UserError(f"route {route.get('name')!r} sends all its traffic to "
                                 f"{version}; change that route first")
-            if any(int(d.get("weight", 0) or 0) > 0 for d in mine):
-                raise UserError(f"{version} still has weight on route {route.get('name')!r}; "
-                                "give it 0 first (vllm-canary routes set-weight)")
+            weight = sum(int(d.get("weight", 0) or 0) for d in mine)
+            if weight > 0:
+                raise UserError(f"{version} still has weight {weight} on route "
+                                f"{route.get('name')!r}; give it 0 first (vllm-canary routes "
+                                "set-weight), or abort the rollout")
             route["route"] = [d for d in dests if d not in mine]
     for dr in _kind(out, "DestinationRule"):
         spec = dr.get("spec", {})

@@ -50,6 +50,9 @@ from vllm_canary.server.settings import ServeSettings
 log = logging.getLogger("vllm_canary.server")
 
 ADMIN_PATH = "/vllm-canary/lora"
+# vLLM's own runtime LoRA routes: open to anyone who reaches vLLM once runtime updating is on
+# (vLLM's docs call that risky in production), so the front never relays them.
+VLLM_LORA_ROUTES = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 TOKEN_ENV = "VLLM_CANARY_ADMIN_TOKEN"
 
 
@@ -225,6 +228,10 @@ class LoraFront:
             return await self._admin(inc)
         if inc.method in ("GET", "HEAD") and inc.path == "/metrics":
             return await self.handle_metrics(inc)
+        if inc.path in VLLM_LORA_ROUTES:  # runtime updating is on: not for any client
+            return self._error(inc, 403, f"{inc.path} is not relayed: adapters are versions "
+                               "here; use `vllm-canary lora load|unload` (admin API "
+                               f"{ADMIN_PATH})")
         if inc.method in ("GET", "HEAD") and inc.path == "/health" and self._loading:
             return self._error(inc, 503, "the model server is loading its LoRA adapters")
         try:
