@@ -8,8 +8,10 @@ Screenshots go to test-artifacts/console/ (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
+import subprocess
 import threading
 import time
 import urllib.error
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, require
-from tests.e2e.test_up import Stack, start_stack, stop_stack
+from tests.e2e.test_up import CLI, Stack, start_stack, stop_stack
 from vllm_canary import promserver
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -51,6 +53,7 @@ class Traffic:
             self.stop.wait(0.04)
 
     def __enter__(self) -> Traffic:
+        self.started = time.monotonic()
         for t in self.threads:
             t.start()
         return self
@@ -143,7 +146,7 @@ def _panels(page: Any) -> dict[str, Any]:
     """)
 
 
-def test_every_panel_draws_v1_and_v2(page: Any, stack: Stack) -> None:
+def test_every_panel_draws_v1_and_v2(page: Any, stack: Stack, traffic: Traffic) -> None:
     dashboard = json.loads((ROOT / "deploy/helm/vllm-canary/files/vllm-sre.json").read_text())
     drawn = {str(p["id"]): p for p in dashboard["panels"] if p["type"] == "timeseries"}
     native = {i for i, p in drawn.items() if "vllm:" in json.dumps(p["targets"])}
@@ -167,6 +170,9 @@ def test_every_panel_draws_v1_and_v2(page: Any, stack: Stack) -> None:
         page.wait_for_timeout(1000)
     shot(page, "dashboard")
     assert not missing, missing
+    took = time.monotonic() - traffic.started
+    assert took < 30, f"curves took {took:.0f} s after the traffic began"
+    print(f"every panel drew v1 and v2 {took:.1f} s after the traffic began")
     colours = page.evaluate("window.consoleState.cfg.colours")
     for pid in set(drawn) - native:
         p = panels[pid]
@@ -262,6 +268,61 @@ def test_weights_and_abort_from_the_console(page: Any, stack: Stack) -> None:
     with urllib.request.urlopen(console_url(stack) + href, timeout=10) as resp:
         assert b"report 20261201" in resp.read()
     shot(page, "quality")
+
+
+ROLLOUT = """\
+steps:
+  - setWeight: 20
+  - analysis: {duration: 120s}
+  - setWeight: 100
+analysis:
+  metrics: [error-rate, latency-p95]
+  alpha: 0.01
+  interval: 1s
+  minSamples: 100000
+"""
+
+
+def test_rollout_tab_follows_a_live_rollout_and_promotes(page: Any, stack: Stack,
+                                                         tmp_path: Path) -> None:
+    """A real `rollout start` on the stack: the tab shows its phase and step, the weight
+    over time and each metric's evidence against its boundary; Promote goes through the
+    controller (its request file), which puts all traffic on v2."""
+    (tmp_path / "strategy.yaml").write_text(ROLLOUT)
+    state = Path(stack.env["VLLM_CANARY_ROLLOUT_STATE"])  # the file the console reads
+    proc = subprocess.Popen([CLI, "rollout", "start", "--strategy", str(tmp_path /
+                             "strategy.yaml"), "--state", str(state)], env=stack.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        page.goto(console_url(stack) + "/#rollout")
+        page.wait_for_function("""() => { const r = window.consoleState.rollout;
+            return r && r.rollout && r.rollout.phase === "Analyzing" &&
+              Object.keys(r.rollout.evidence).length === 2 &&
+              r.history.filter(p => p.evidence && p.evidence["error-rate"]).length >= 3; }""",
+                               timeout=30000)
+        assert page.inner_text("#phase") == "Analyzing"
+        assert page.inner_text("#step") == "2/3"
+        ro = page.evaluate("window.consoleState.rollout.rollout")
+        for metric in ("error-rate", "latency-p95"):
+            ev = ro["evidence"][metric]
+            # Bonferroni over the two metrics: each test rejects at log(1 / (0.01 / 2)).
+            assert ev["boundary"] == pytest.approx(math.log(2 / 0.01), abs=1e-3)
+            assert ev["requests_canary"] > 0
+            assert page.locator(f'#evidence-charts [data-metric="{metric}"] canvas').count()
+        assert routes_json(stack)["weights"] == {"v1": 80, "v2": 20}
+        shot(page, "rollout-live")
+        page.click("#promote")
+        page.wait_for_function("() => document.querySelector('#rollout-msg').textContent"
+                               ".includes('controller')", timeout=15000)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert routes_json(stack)["weights"] == {"v1": 0, "v2": 100}
+        page.wait_for_function("() => window.consoleState.rollout.rollout.phase === "
+                               "'Promoted'", timeout=15000)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_cross_site_mutations_are_refused(stack: Stack) -> None:

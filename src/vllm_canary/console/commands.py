@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -86,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not procs.port_is_free(0, cfg.host):
         raise UserError(f"--host {cfg.host}: cannot listen on this address (not one of this "
                         "machine's?); the default is 127.0.0.1")

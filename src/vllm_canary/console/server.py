@@ -183,6 +183,10 @@ class Console:
             if exc.status < 400:
                 raise
             resp = error(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"))
+        except Exception as exc:  # a bug of ours: a JSON 500 the page can show, and a log line
+            log.exception("console: %s %s failed", request.method, request.path)
+            resp = error(500, f"console error: {type(exc).__name__}: {exc}", "api_error",
+                         code="internal_error")
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "same-origin")
@@ -480,12 +484,14 @@ def evidence(state: RolloutState) -> dict[str, dict[str, Any]]:
             t = RateRatioTest.from_dict(data)
         except (TypeError, ValueError):
             continue
+        ratio = t.ratio_estimate()
         out[metric] = {"log_bf": round(t.log_bf, 4), "max_log_bf": round(t.max_log_bf, 4),
                        "boundary": round(math.log(1.0 / t.alpha), 4),
-                       "p_value": t.p_value, "rejected": t.rejected,
-                       "events_canary": t.events_c, "events_baseline": t.events_b,
-                       "requests_canary": t.requests_c, "requests_baseline": t.requests_b,
-                       "ratio": t.ratio_estimate()}
+                       "p_value": float(t.p_value), "rejected": bool(t.rejected),
+                       "events_canary": int(t.events_c), "events_baseline": int(t.events_b),
+                       "requests_canary": int(t.requests_c),
+                       "requests_baseline": int(t.requests_b),
+                       "ratio": None if ratio is None else float(ratio)}
     return out
 
 

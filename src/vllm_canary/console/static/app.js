@@ -359,7 +359,7 @@ async function refreshRollout() {
     `</td><td class="num">${x.samples}</td><td>${esc(x.reason)}</td></tr>`).join("");
   $("#events tbody").innerHTML = ro.events.slice().reverse().map((e) =>
     `<tr><td>${new Date(e.at * 1000).toLocaleTimeString()}</td><td>${esc(e.phase)}</td>` +
-    `<td>step ${e.step}</td><td>${esc(e.message)}</td></tr>`).join("");
+    `<td>step ${e.step + 1}</td><td>${esc(e.message)}</td></tr>`).join("");
 }
 
 async function rolloutAction(action) {
