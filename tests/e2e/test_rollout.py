@@ -4,6 +4,7 @@ controller killed mid-step resumes where it was."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.fixtures.rollout import LoadGen, cli
+from vllm_canary import promserver
 
 pytestmark = pytest.mark.real
 
@@ -32,12 +35,13 @@ analysis:
 """
 
 
-def start_rollout(tmp_path: Path, stack, state: Path) -> subprocess.Popen[str]:
+def start_rollout(tmp_path: Path, stack, state: Path, text: str = STRATEGY,
+                  flags: list[str] | None = None) -> subprocess.Popen[str]:
     strategy = tmp_path / "rollout.yaml"
-    strategy.write_text(STRATEGY)
+    strategy.write_text(text)
     return subprocess.Popen(
         cli("rollout", "start", "--strategy", str(strategy), "--state", str(state),
-            *stack.rollout_flags()),
+            *(stack.rollout_flags() if flags is None else flags)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -79,6 +83,38 @@ def test_v2_killed_mid_rollout_is_aborted(tmp_path: Path, stack_factory) -> None
         code, out = finish(proc)
     assert code == 4, out
     assert stack.weights() == {"v1": 100, "v2": 0}
+
+
+@pytest.mark.parametrize("source", ["scrape", "prometheus"])
+def test_v2_restarted_mid_analysis_with_30_percent_errors_is_aborted(
+        tmp_path: Path, stack_factory, source: str) -> None:
+    """Issue 10: the restart resets v2's counters mid-window; the windows stay right (per
+    series, from zero) and the rollout still aborts on the error rate, not on v2 being down.
+    Read directly and through a real Prometheus scraping the stack as `up` has it scrape."""
+    stack = stack_factory(v2_error_rate=0.3)
+    state = tmp_path / "state.json"
+    strategy = STRATEGY.replace("downAfter: 5s", "downAfter: 120s")
+    flags = None
+    with contextlib.ExitStack() as cleanup:
+        if source == "prometheus":
+            require(promserver.find_binary() is not None, "Prometheus", promserver.INSTALL_HINT)
+            jobs = [promserver.ScrapeJob("istio-gateway", [stack.url("gw_metrics")[7:]]),
+                    promserver.ScrapeJob("vllm", [stack.url("v1m")[7:], stack.url("v2m")[7:]])]
+            prom = cleanup.enter_context(promserver.PrometheusServer(tmp_path / "prom", jobs))
+            flags = ["--admin-url", stack.url("admin"), "--admin-token", stack.token,
+                     "--prometheus", prom.url]
+        cleanup.enter_context(LoadGen(stack.url("gw")))
+        proc = start_rollout(tmp_path, stack, state, strategy, flags)
+        wait_for(state, lambda s: s["phase"] == "Analyzing" and s["step"] == 1)
+        stack.restart("v2")
+        restarted = time.time()
+        code, out = finish(proc)
+    assert code == 4, out
+    assert stack.weights() == {"v1": 100, "v2": 0}
+    events = json.loads(state.read_text())["events"]
+    abort = next(e for e in events if e["message"].startswith("aborting: "))
+    assert "error-rate" in abort["message"] and "down" not in abort["message"], out
+    print(f"aborted {abort['at'] - restarted:+.1f}s after the restart")
 
 
 def test_controller_killed_mid_step_resumes(tmp_path: Path, stack_factory) -> None:
