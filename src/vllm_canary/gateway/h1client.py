@@ -212,6 +212,23 @@ class Response:
         assert conn is not None
         return await conn.next_chunk(self.idle_timeout)
 
+    def whole(self) -> bytes | None:
+        """The whole body when all of it has arrived already (then the answer is read), else
+        None (nothing is taken)."""
+        conn = self._conn
+        if conn is None or conn.mode != "done":
+            return None
+        data = b"".join(conn.chunks)
+        conn.chunks.clear()
+        conn.queued = 0
+        return data
+
+    @property
+    def complete(self) -> bool:
+        """All of the body arrived and was read (the next `next_chunk` is None)."""
+        conn = self._conn
+        return conn is not None and conn.mode == "done" and not conn.chunks
+
     def idle_for(self, now: float) -> float:
         """Seconds since the upstream last sent bytes (`now` from time.monotonic())."""
         return 0.0 if self._conn is None else now - self._conn.last

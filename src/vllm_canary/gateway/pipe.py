@@ -40,10 +40,22 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
     disconnected) closes it, which cancels the upstream request.
     """
     try:
+        whole = resp.whole()
+        if whole is not None:  # all there already: head and body in one write
+            if on_chunk is not None and whole:
+                on_chunk(whole)
+            resp.release()
+            request.respond(resp.status, headers, whole,
+                            resp.content_length if request.head_only else None)
+            return ""
         request.start(resp.status, headers, resp.content_length)
         while (chunk := await resp.next_chunk()) is not None:
             if on_chunk is not None:
                 on_chunk(chunk)
+            if resp.complete:  # the last piece: written with the end, in one write
+                resp.release()
+                request.end(chunk)
+                return ""
             await request.write(chunk)
     except TimeoutError:  # the pool's idle timeout (an OSError: caught first)
         resp.close()

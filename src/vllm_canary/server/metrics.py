@@ -3,6 +3,8 @@ rollout analysis query them); every series carries `version` and `model` labels.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # `*_created` samples double the exposition and no query of ours reads them.
@@ -65,14 +67,25 @@ class ServerMetrics:
             "vllm_api_requests", "Relayed requests, by vLLM endpoint and HTTP status code.",
             [*LABELS, "endpoint", "status"], registry=registry,
         )
+        self._by_status: dict[int, Any] = {}
+        self._by_endpoint: dict[tuple[str, int], Any] = {}
         # Pre-create the statuses we answer with: Prometheus' increase()/rate() count from a
         # series' first sample, so errors that appear between two scrapes would be lost.
         for status in EXPECTED_STATUSES:
             self.requests.labels(status=status, **self._labels)
 
     def count(self, status: int) -> None:
-        self.requests.labels(status=str(status), **self._labels).inc()
+        child = self._by_status.get(status)
+        if child is None:  # labels() costs a few µs a call: each child is looked up once
+            child = self._by_status[status] = self.requests.labels(status=str(status),
+                                                                   **self._labels)
+        child.inc()
 
     def count_api(self, endpoint: str, status: int) -> None:
         """One relayed request; `endpoint` must come from observe.endpoint_label."""
-        self.api_requests.labels(endpoint=endpoint, status=str(status), **self._labels).inc()
+        key = (endpoint, status)
+        child = self._by_endpoint.get(key)
+        if child is None:
+            child = self._by_endpoint[key] = self.api_requests.labels(
+                endpoint=endpoint, status=str(status), **self._labels)
+        child.inc()
