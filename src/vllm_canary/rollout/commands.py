@@ -127,8 +127,20 @@ def _line(state: RolloutState) -> str:
     verdicts = " | ".join(f"{r['metric']}: {r['verdict']}" for r in state.results)
     step = f"step {min(state.step + 1, len(steps))}/{len(steps)}"
     return (f"[{time.strftime('%H:%M:%S')}] {state.phase.value:<11} {step} {weights}  "
-            f"{state.message}" + (f"  [{verdicts}]" if verdicts else "")
+            f"{state.message}" + (f"  [{verdicts}]" if verdicts else "") + _evidence(state)
             + (f"  ({state.source_error})" if state.source_error else ""))
+
+
+def _evidence(state: RolloutState) -> str:
+    """The error counts the analysis holds: the sum of its windows (per-series increases, the
+    windows `vllm-canary status` shows too), e.g. '  errors v2 3/41 v1 0/370'."""
+    test = state.analysis.get("tests", {}).get("error-rate")
+    if not test or not (test.get("requests_c") or test.get("requests_b")):
+        return ""
+    canary = state.strategy.get("canary", "v2")
+    stable = state.strategy.get("stable", "v1")
+    return (f"  errors {canary} {test.get('events_c', 0)}/{test.get('requests_c', 0)} "
+            f"{stable} {test.get('events_b', 0)}/{test.get('requests_b', 0)}")
 
 
 def _check_listen(flag: str, host: str, port: int) -> None:
