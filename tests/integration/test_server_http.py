@@ -188,7 +188,7 @@ async def test_nulls_prompt_lists_and_vllm_fields_over_http() -> None:
     assert ['"role":"assistant","content":""' in e for e in events[:2]] == [True, True]
     last = [e for e in events if '"finish_reason":"length"' in e]
     assert len(last) == 2 and all('"stop_reason":null' in e for e in last)
-    assert '"system_fingerprint":"vllm-canary-sim-v1"' in last[-1]  # on the stream's last
+    assert '"system_fingerprint":"vllm-canary-sim-v1"' in last[-1]  # on each last chunk
     await client.close()
 
 
