@@ -297,3 +297,19 @@ def test_the_console_serves_the_static_assets_offline() -> None:
     for lib in ("uplot", "cytoscape"):
         assert "Permission is hereby granted" in (static / "vendor" / lib / "LICENSE").read_text()
     assert os.access(static / "app.js", os.R_OK)
+
+
+def test_mirror_edges_come_from_the_virtual_services() -> None:
+    from vllm_canary.console.sources import mirrors_of
+
+    vs = [{"metadata": {"name": "vllm"}, "spec": {"http": [
+        {"name": "canary", "route": [{"destination": {"subset": "v1"}}],
+         "mirror": {"host": "vllm-service", "subset": "v2"},
+         "mirrorPercentage": {"value": 25.0}},
+        {"route": [{"destination": {"subset": "v1"}}],
+         "mirrors": [{"destination": {"host": "vllm-service", "subset": "v3"}}]},
+        {"name": "plain", "route": [{"destination": {"subset": "v1"}}]}]}}]
+    assert mirrors_of(vs) == [
+        {"route": "canary", "subset": "v2", "host": "vllm-service", "percent": 25.0},
+        # Istio mirrors everything when no percentage is given.
+        {"route": "vllm[1]", "subset": "v3", "host": "vllm-service", "percent": 100.0}]
