@@ -16,6 +16,12 @@
   the env before it runs, so a type mismatch in a branch that would not run is still an
   error, and `/` always yields a float. Precedence and associativity are expr's
   (parser/operator/operator.go).
+
+Why not a package: PyPI's enchanter-golem wraps expr v1.17.8, but it takes no list
+variables and no Python functions (so neither `result` as a vector nor `isNaN`), and its
+`1 / 2` is 0 where expr's runtime.Divide returns 0.5. On the ten scalar expressions tried
+(chained comparisons, `-2 ** 2`, `%`, `^`, ternaries, `in`, `len` of runes) it agreed with
+this module.
 """
 
 from __future__ import annotations
