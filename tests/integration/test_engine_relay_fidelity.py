@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from vllm_canary import procs
+from vllm_canary.server.observe import SSEDecoder
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
 
@@ -173,18 +174,15 @@ class Answer:
 
 
 def parse_sse(raw: bytes) -> list[tuple[str | None, Any]]:
-    events = []
-    for block in raw.decode().split("\n\n"):
-        if not block.strip():
+    """(Responses API event type or None, parsed data) per event, by the relay's own decoder."""
+    decoder = SSEDecoder()
+    payloads = [*decoder.feed(raw), decoder.flush()]
+    events: list[tuple[str | None, Any]] = []
+    for payload in payloads:
+        if payload is None:
             continue
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-        text = "\n".join(data)
-        events.append((name, text if text == "[DONE]" else json.loads(text)))
+        data = payload.decode() if payload == b"[DONE]" else json.loads(payload)
+        events.append((data.get("type") if isinstance(data, dict) else None, data))
     return events
 
 

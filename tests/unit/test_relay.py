@@ -237,8 +237,8 @@ async def test_a_completion_gets_the_seeds_top_level_text_and_nothing_else(front
     assert json.loads(body)["text"] == json.loads(body)["choices"][0]["text"]
 
 
-async def test_curls_form_content_type_goes_as_json_and_only_for_json(front: Front,
-                                                                     fake: Fake) -> None:
+async def test_curls_form_content_type_or_none_goes_as_json_and_only_for_json(
+        front: Front, fake: Fake) -> None:
     form = {"content-type": "application/x-www-form-urlencoded"}
     await request("POST", front.url + "/v1/completions", b'{"prompt":"hello"}', form)
     assert forwarded(fake)["content-type"] == ["application/json"]
@@ -249,6 +249,8 @@ async def test_curls_form_content_type_goes_as_json_and_only_for_json(front: Fro
     await request("POST", front.url + "/tokenize", b'{"prompt":"x"}',
                   {"content-type": "text/plain"})
     assert forwarded(fake)["content-type"] == ["text/plain"]  # a type the client chose stays
+    await request("POST", front.url + "/v1/completions", b'{"prompt":"x"}')  # no type at all
+    assert forwarded(fake)["content-type"] == ["application/json"]
 
 
 async def test_any_method_and_path_is_relayed(front: Front, fake: Fake) -> None:

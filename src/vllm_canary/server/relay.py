@@ -4,9 +4,10 @@ taken on the side (server/observe.py) from the bytes that pass.
 
 What the front does to a request: hop-by-hop headers are handled (gateway/pipe.py), `Host`
 names the upstream (as nginx's `proxy_pass` does), and a JSON body sent with curl's default
-`application/x-www-form-urlencoded` goes as `application/json` (vLLM refuses the seed's
-`curl -d` otherwise: "Only 'application/json' is allowed"). Nothing is added, removed or
-defaulted in a body.
+`application/x-www-form-urlencoded` (or with no content type) goes as `application/json`
+(vLLM refuses the seed's `curl -d` otherwise: "Only 'application/json' is allowed",
+vllm/entrypoints/serve/utils/api_utils.py `validate_json_request`). Nothing is added,
+removed or defaulted in a body.
 
 What it does to an answer: `x-model-version` on every response, and a top-level `text`
 (= `choices[0].text`) on a non-streamed 200 `/v1/completions` answer, which the seed reads
@@ -207,8 +208,8 @@ class RelayFront:
     def _request_headers(self, inc: Incoming, is_json: bool) -> CIMultiDict[str]:
         headers = forwardable(inc.headers, inc.lower.get("connection", ""))
         headers["Host"] = self._authority
-        content_type = inc.lower.get("content-type", "")
-        if is_json and content_type.split(";", 1)[0].strip().lower() == FORM:
+        media = inc.lower.get("content-type", "").split(";", 1)[0].strip().lower()
+        if is_json and media in (FORM, ""):  # curl -d's default, or no type at all
             headers["Content-Type"] = "application/json"
         return headers
 
