@@ -225,7 +225,11 @@ class SimEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         p = self.profile
-        plans, prompt_tokens = self.plan(request)
+        if any(len(prompt) > simplan.LONG_TEXT for prompt in request.prompt_list()):
+            # a long prompt's tokenizing (~1 s for 4 MB) runs off the event loop
+            plans, prompt_tokens = await asyncio.to_thread(self.plan, request)
+        else:
+            plans, prompt_tokens = self.plan(request)
         if p.error_rate and self._rng.random() < p.error_rate:
             raise EngineError(500, f"simulated engine failure (error rate {p.error_rate:g})")
         noise = self._rng.lognormvariate(0.0, p.jitter) if p.jitter else 1.0

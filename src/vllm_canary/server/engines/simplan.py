@@ -27,13 +27,17 @@ from collections.abc import Sequence
 from vllm_canary.server.engines.base import EngineError, Prompt, TokenLogprob
 
 _PIECE = re.compile(r"\s*(?:\w+|[^\w\s])")
+# Longer texts are split one match per regex call: findall on 4 MB is one 0.3 s C call that
+# holds the GIL, so even off the event loop it would stall it (see SimEngine.generate).
+LONG_TEXT = 64 * 1024
 VOCAB_SIZE = 32000  # ids a token-id prompt may use (Llama's vocabulary size)
 
 
 def split_tokens(text: str) -> list[str]:
     """Word-level tokens whose concatenation is `text` (whitespace joins the next token;
     trailing whitespace joins the last)."""
-    pieces = _PIECE.findall(text)
+    pieces = _PIECE.findall(text) if len(text) <= LONG_TEXT else \
+        [m[0] for m in _PIECE.finditer(text)]
     rest = text[sum(map(len, pieces)):]
     if rest:
         if pieces:
@@ -45,7 +49,9 @@ def split_tokens(text: str) -> list[str]:
 
 def count_tokens(text: str) -> int:
     """The simulator's token count of a text: close enough to BPE for latency and limits."""
-    return len(_PIECE.findall(text))
+    if len(text) <= LONG_TEXT:
+        return len(_PIECE.findall(text))
+    return sum(1 for _ in _PIECE.finditer(text))
 
 
 class Vocabulary:
