@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, require
 from tests.e2e.test_up import CLI, Stack, start_stack, stop_stack
 from vllm_canary import promserver
+from vllm_canary.gateway.store import default_routes_path
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -86,9 +88,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (tmp / "reports" / day / "decision.json").write_text(json.dumps(_decision(day,
                                                                                  decision)))
     (tmp / "reports" / "20261201" / "report.html").write_text("<h1>report 20261201</h1>")
+    # The chart's routing plus a 50 % mirror of the canary route to v2 (a dark launch).
+    docs = list(yaml.safe_load_all(default_routes_path().read_text()))
+    canary = next(r for r in docs[0]["spec"]["http"] if r["name"] == "canary")
+    canary["mirror"] = {"host": canary["route"][1]["destination"]["host"], "subset": "v2"}
+    canary["mirrorPercentage"] = {"value": 50.0}
+    (tmp / "routes.yaml").write_text(yaml.safe_dump_all(docs))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_CANARY_ROLLOUT_STATE", str(tmp / "rollout.json"))
-        s = start_stack(tmp)
+        s = start_stack(tmp, "--routes", str(tmp / "routes.yaml"))
     try:
         yield s
     finally:
@@ -196,14 +204,21 @@ def test_every_panel_draws_v1_and_v2(page: Any, stack: Stack, traffic: Traffic) 
 
 
 def _gateway_counts(stack: Stack) -> dict[str, float]:
+    """Counts from the gateway's own /metrics by destination version; mirrored copies under
+    `mirror-<version>`."""
     url = f"http://127.0.0.1:{stack.ports['--metrics-port']}/metrics"
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
     counts: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("istio_requests_total{") and 'reporter="destination"' in line:
-            version = re.search(r'destination_version="([^"]*)"', line).group(1)  # type: ignore[union-attr]
-            counts[version] = counts.get(version, 0.0) + float(line.rsplit(" ", 1)[1])
+            key = ""
+        elif line.startswith("vllm_canary_gateway_mirror_requests_total{"):
+            key = "mirror-"
+        else:
+            continue
+        key += re.search(r'destination_version="([^"]*)"', line).group(1)  # type: ignore[union-attr]
+        counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
 
 
@@ -214,7 +229,7 @@ def test_topology_rates_agree_with_metrics(page: Any, stack: Stack) -> None:
     c0, t0 = _gateway_counts(stack), time.monotonic()
     page.wait_for_timeout(window * 1000)
     c1, t1 = _gateway_counts(stack), time.monotonic()
-    want = {v: (c1[v] - c0.get(v, 0.0)) / (t1 - t0) for v in ("v1", "v2")}
+    want = {v: (c1[v] - c0.get(v, 0.0)) / (t1 - t0) for v in ("v1", "v2", "mirror-v2")}
     page.wait_for_timeout(2500)  # the next refreshes read Prometheus' rate over that window
     topo = page.evaluate("window.consoleState.topology")
     shot(page, "topology")
@@ -224,8 +239,12 @@ def test_topology_rates_agree_with_metrics(page: Any, stack: Stack) -> None:
         assert abs(got - want[v]) <= 0.25 * want[v] + 0.5, (v, got, want)
         assert edges[f"gateway-{v}"]["error_pct"] == pytest.approx(0.0, abs=1.0)
         assert edges[f"gateway-{v}"]["p95_ms"] > 0
-    total = edges["client-gateway"]["rps"]
-    assert abs(total - sum(want.values())) <= 0.25 * sum(want.values()) + 0.5
+    total, routed = edges["client-gateway"]["rps"], want["v1"] + want["v2"]
+    assert abs(total - routed) <= 0.25 * routed + 0.5
+    mirror = edges["mirror-canary-v2"]
+    assert mirror["kind"] == "mirror" and mirror["percent"] == 50.0
+    assert want["mirror-v2"] > 0
+    assert abs(mirror["rps"] - want["mirror-v2"]) <= 0.25 * want["mirror-v2"] + 0.5
     weights = routes_json(stack)["weights"]
     assert {v: edges[f"gateway-{v}"]["weight"] for v in ("v1", "v2")} == weights
     nodes = {n["id"]: n for n in topo["nodes"]}

@@ -260,12 +260,12 @@ async function refreshTopology() {
         {selector: 'node[kind = "gateway"]', style: {shape: "round-rectangle", width: 70}},
         {selector: 'node[kind = "client"]', style: {shape: "round-triangle"}},
         {selector: "edge", style: {width: 2, "line-color": "data(line)", "curve-style": "bezier",
+          "control-point-step-size": 150,
           "target-arrow-shape": "triangle", "target-arrow-color": "data(line)",
           label: "data(label)", "font-size": 11, color: "#d8d9da", "text-wrap": "wrap",
           "text-background-color": "#181b1f", "text-background-opacity": 0.85,
           "text-background-padding": 2}},
-        {selector: 'edge[kind = "mirror"]', style: {"line-style": "dashed",
-          "control-point-step-size": 60}},
+        {selector: 'edge[kind = "mirror"]', style: {"line-style": "dashed"}},
       ],
     });
   } else {
