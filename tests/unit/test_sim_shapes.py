@@ -207,3 +207,28 @@ async def test_unsatisfiable_schema_is_a_400() -> None:
     with pytest.raises(EngineError) as err:
         await run(chat(json_schema=schema))
     assert err.value.status == 400 and "could not satisfy the schema" in err.value.message
+
+
+@pytest.mark.parametrize(("schema", "says"), [
+    ({"type": "array", "minItems": 100000}, "minItems 100000"),
+    ({"type": "string", "minLength": 10**9}, "minLength"),
+    ({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"},
+                                                       "b": {"$ref": "#/$defs/n"}}}},
+      "$ref": "#/$defs/n"}, "nests deeper"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "array", "minItems": 200, "items": {
+        "type": "integer"}} for i in range(20)}}, "more than 2000 values"),
+    ({"type": "number", "minimum": 1e300, "multipleOf": 1e-300}, "OverflowError"),
+])
+async def test_schemas_asking_for_unbounded_work_are_a_400(schema: dict, says: str) -> None:
+    with pytest.raises(EngineError) as err:
+        await run(chat(json_schema=schema))
+    assert err.value.status == 400 and says in err.value.message
+
+
+async def test_required_properties_without_a_description_are_generated() -> None:
+    schema = {"type": "object", "required": ["x", "y"], "properties": {"x": {"type": "integer"}},
+              "additionalProperties": {"type": "boolean"}}
+    states, _ = await run(chat(json_schema=schema))
+    value = json.loads(states[0].text)
+    jsonschema.validate(value, schema)
+    assert isinstance(value["y"], bool)

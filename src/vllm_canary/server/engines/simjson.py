@@ -38,6 +38,9 @@ _FORMATS = {
     "ipv4": "192.0.2.1", "ipv6": "2001:db8::1",
 }
 _MAX_DEPTH = 24
+_MAX_NODES = 2000  # values in one answer: bounds the work a (recursive) schema can ask for
+_MAX_ITEMS = 256  # minItems the simulator will fill
+_MAX_LENGTH = 4096  # minLength it will fill
 
 
 class SchemaError(ValueError):
@@ -83,9 +86,15 @@ def schema_value(schema: dict[str, Any] | bool, rng: random.Random, words: list[
     """A value that validates against `schema` (checked with jsonschema); SchemaError if the
     simulator's choice does not (e.g. oneOf branches that overlap)."""
     root = schema if isinstance(schema, dict) else {}
-    value = _value(root, root, rng, words, 0)
-    errors = sorted(jsonschema.validators.validator_for(root)(root).iter_errors(value),
-                    key=lambda e: list(e.absolute_path))
+    try:
+        value = _Builder(root, rng, words).value(root, 0)
+        errors = sorted(jsonschema.validators.validator_for(root)(root).iter_errors(value),
+                        key=lambda e: [str(p) for p in e.absolute_path])
+    except SchemaError:
+        raise
+    except Exception as exc:  # odd bounds (overflow), refs jsonschema cannot resolve, ...
+        raise SchemaError(f"the sim engine could not generate JSON for this schema: "
+                          f"{type(exc).__name__}: {exc}") from None
     if errors:
         first = errors[0]
         path = "/".join(str(p) for p in first.absolute_path) or "(root)"
@@ -108,57 +117,77 @@ def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _value(s: dict[str, Any], root: dict[str, Any], rng: random.Random, words: list[str],
-           depth: int) -> Any:
-    if depth > _MAX_DEPTH:
-        raise SchemaError(f"the schema nests deeper than {_MAX_DEPTH} levels (a recursive $ref?)")
-    if "$ref" in s:
-        return _value(_resolve(s["$ref"], root), root, rng, words, depth + 1)
-    if "const" in s:
-        return s["const"]
-    if "enum" in s:
-        return rng.choice(s["enum"])
-    for key in ("anyOf", "oneOf"):
-        if s.get(key):
-            return _value(s[key][0], root, rng, words, depth + 1)
-    kind = s.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = ("object" if "properties" in s else "array" if "items" in s or
-                "prefixItems" in s else "string")
-    if kind == "object":
-        props = s.get("properties") or {}
-        return {name: _value(sub if isinstance(sub, dict) else {}, root, rng, words, depth + 1)
-                for name, sub in props.items()}
-    if kind == "array":
-        return _array(s, root, rng, words, depth)
-    if kind == "string":
-        return _string(s, rng, words)
-    if kind in ("integer", "number"):
-        return _number(s, rng, integer=kind == "integer")
-    if kind == "boolean":
-        return rng.random() < 0.5
-    return None
+class _Builder:
+    """Builds one value; counts the values made so a schema cannot ask for unbounded work."""
 
+    def __init__(self, root: dict[str, Any], rng: random.Random, words: list[str]) -> None:
+        self.root, self.rng, self.words, self.nodes = root, rng, words, 0
 
-def _array(s: dict[str, Any], root: dict[str, Any], rng: random.Random, words: list[str],
-           depth: int) -> list[Any]:
-    prefix = s.get("prefixItems") or []
-    low = max(int(s.get("minItems", 0)), len(prefix) if prefix else 0)
-    count = max(low, min(2, int(s.get("maxItems", 2))))
-    items = s.get("items") if isinstance(s.get("items"), dict) else {}
-    out = [_value(prefix[i] if i < len(prefix) else items, root, rng, words, depth + 1)
-           for i in range(count)]
-    if s.get("uniqueItems"):
-        out = [f"{v} {i}" if isinstance(v, str) else v for i, v in enumerate(out)]
-    return out
+    def value(self, s: dict[str, Any], depth: int) -> Any:
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:
+            raise SchemaError(f"the schema asks for more than {_MAX_NODES} values; the sim "
+                              "engine answers smaller JSON")
+        if depth > _MAX_DEPTH:
+            raise SchemaError(
+                f"the schema nests deeper than {_MAX_DEPTH} levels (a recursive $ref?)")
+        rng = self.rng
+        if "$ref" in s:
+            return self.value(_resolve(s["$ref"], self.root), depth + 1)
+        if "const" in s:
+            return s["const"]
+        if "enum" in s:
+            if not s["enum"]:
+                raise SchemaError("an empty enum allows no value")
+            return rng.choice(s["enum"])
+        for key in ("anyOf", "oneOf"):
+            if s.get(key):
+                return self.value(s[key][0], depth + 1)
+        kind = s.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind is None:
+            kind = ("object" if "properties" in s else "array" if "items" in s or
+                    "prefixItems" in s else "string")
+        if kind == "object":
+            props = dict(s.get("properties") or {})
+            extra = s.get("additionalProperties")
+            for name in s.get("required") or ():  # required but not described
+                props.setdefault(name, extra if isinstance(extra, dict) else {})
+            return {name: self.value(sub if isinstance(sub, dict) else {}, depth + 1)
+                    for name, sub in props.items()}
+        if kind == "array":
+            return self.array(s, depth)
+        if kind == "string":
+            return _string(s, rng, self.words)
+        if kind in ("integer", "number"):
+            return _number(s, rng, integer=kind == "integer")
+        if kind == "boolean":
+            return rng.random() < 0.5
+        return None
+
+    def array(self, s: dict[str, Any], depth: int) -> list[Any]:
+        prefix = s.get("prefixItems") or []
+        low = max(int(s.get("minItems", 0)), len(prefix))
+        if low > _MAX_ITEMS:
+            raise SchemaError(f"minItems {low} is more than the sim engine fills "
+                              f"({_MAX_ITEMS})")
+        count = max(low, min(2, int(s.get("maxItems", 2))))
+        items = s.get("items") if isinstance(s.get("items"), dict) else {}
+        out = [self.value(prefix[i] if i < len(prefix) else items, depth + 1)
+               for i in range(count)]
+        if s.get("uniqueItems"):
+            out = [f"{v} {i}" if isinstance(v, str) else v for i, v in enumerate(out)]
+        return out
 
 
 def _string(s: dict[str, Any], rng: random.Random, words: list[str]) -> str:
     if s.get("format") in _FORMATS:
         return _FORMATS[s["format"]]
     text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
+    if int(s.get("minLength", 0)) > _MAX_LENGTH:
+        raise SchemaError(f"minLength {s['minLength']} is more than the sim engine fills "
+                          f"({_MAX_LENGTH})")
     while len(text) < int(s.get("minLength", 0)):
         text += " " + rng.choice(words)
     return text[: int(s.get("maxLength", len(text)))]
