@@ -224,6 +224,8 @@ def test_prometheus_counts_what_was_sent_through_churn(pods: dict[str, list[Pod]
     one_scrape = 3 * 20  # three pods at 20 requests/s each, scraped every 1 s
     assert abs(got[0] - requests) <= one_scrape, (got, requests, errors)
     assert abs(got[1] - errors) <= one_scrape * 0.3, (got, requests, errors)
+    hist = last["v2"].histograms["latency"].count - first["v2"].histograms["latency"].count
+    assert abs(hist - requests) <= one_scrape, (hist, requests)  # histograms: the same rule
     # Measured: 454-479 counted of 474-496 sent (errors 136-143 of 142-149); the
     # requests a pod served after its last scrape are what is missing.
     # Sum-then-subtract, the old way, would read a drop (a reset) here: the departed pod and
