@@ -86,3 +86,29 @@ def test_a_port_it_cannot_serve_on_is_one_line(capsys) -> None:
         assert main(["analyze", "--serve", "--port", port, *scrape]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "not a TCP port" in err[0] and "in use" in err[1]
+
+
+class Appearing:
+    """v2 has no series until its weight leaves 0: its first counts are all new traffic."""
+
+    def __init__(self) -> None:
+        from vllm_canary.rollout.metrics.base import VersionStats
+
+        self.snaps = [{"v1": VersionStats(1000, 0)},
+                      {"v1": VersionStats(1090, 0), "v2": VersionStats(10, 4)},
+                      {"v1": VersionStats(1180, 0), "v2": VersionStats(20, 8)}]
+
+    def snapshot(self) -> dict:
+        return self.snaps.pop(0)
+
+    def describe(self) -> str:
+        return "appearing"
+
+
+def test_a_version_first_seen_mid_analysis_counts_from_its_first_requests() -> None:
+    spec = AnalysisSpec(metrics=["error-rate"])
+    svc = AnalysisService(lambda: Analyzer(spec, "v1", "v2"), Appearing(), 3600.0)
+    for _ in range(3):
+        svc.poll()
+    test = svc.analyzer.tests["error-rate"]
+    assert (test.requests_c, test.events_c, test.requests_b) == (20, 8, 180)

@@ -98,7 +98,7 @@ def from_scrape(state: stackstate.StackState, seconds: float) -> dict[str, dict[
         after = source.snapshot()
     except OSError as exc:
         raise NotRunningError(f"cannot read metrics from the stack: {exc}") from None
-    return from_window(window(before, after), time.monotonic() - t0)
+    return from_window(window(before, after, count_new=True), time.monotonic() - t0)
 
 
 def _fmt(value: Any, kind: str) -> str:

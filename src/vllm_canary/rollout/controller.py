@@ -141,7 +141,7 @@ class Controller:
         previous = _load_snapshot(s.last_snapshot) if self.polled else None
         self.polled = True
         if previous is not None and s.weights.get(self.canary, 0) > 0:
-            self.analyzer.observe(window(previous, current), current)
+            self.analyzer.observe(window(previous, current, count_new=True), current)
         s.last_snapshot = {v: st.to_dict() for v, st in current.items()}
         canary = current.get(self.canary)
         if canary is not None and canary.up is False and s.weights.get(self.canary, 0) > 0:

@@ -33,7 +33,7 @@ class AnalysisService:
             return
         self.error = ""
         if self.last is not None:
-            self.analyzer.observe(window(self.last, current), current)
+            self.analyzer.observe(window(self.last, current, count_new=True), current)
         self.last = current
 
     def answer(self, metric: str) -> tuple[int, dict[str, Any]]:

@@ -67,10 +67,15 @@ class VersionStats:
 Snapshot = dict[str, VersionStats]  # by version: v1, v2
 
 
-def window(previous: Snapshot, current: Snapshot) -> Snapshot:
-    """What each version did between two snapshots (a version new in `current` is left out:
-    its counts would span an unknown time)."""
-    return {v: st.minus(previous[v]) for v, st in current.items() if v in previous}
+def window(previous: Snapshot, current: Snapshot, count_new: bool = False) -> Snapshot:
+    """What each version did between two snapshots of one source.
+
+    A version new in `current` is left out unless `count_new`; with it, it counts in full,
+    which is right for the sources here: their counts start at their first poll (the history
+    read then is in `previous`; series born later count from zero), so all of a new version's
+    counts are new, e.g. v2's first requests once its weight leaves 0."""
+    return {v: st.minus(previous.get(v)) for v, st in current.items()
+            if count_new or v in previous}
 
 
 class MetricSource(Protocol):
