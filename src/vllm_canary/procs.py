@@ -26,9 +26,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Whether a server could listen on host:port now. Checked the way the servers bind
+    (aiohttp, the gateway front, Prometheus: SO_REUSEADDR, then listen), so connections of a
+    server that just stopped, left in TIME_WAIT for a minute, do not count as "in use";
+    a listening socket does."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock.bind((host.strip("[]"), port))
+            sock.listen(1)
         except OSError:
             return False
         return True
