@@ -92,6 +92,8 @@ def test_neutral_values_of_unimplemented_settings_are_accepted() -> None:
         ({"prompt": ["x"] * 9, "n": 8}, "prompt"),
         ({"prompt": "x", "response_format": {"type": "json_schema"}}, "response_format"),
         ({"prompt": "x", "response_format": {"type": "structural_tag"}}, "response_format"),
+        ({"prompt": "x", "stop": ""}, "stop"),  # vLLM: "stop cannot contain an empty string."
+        ({"prompt": "x", "stop": ["a", ""]}, "stop"),
     ],
 )
 def test_bad_completion_input_is_400_naming_the_param(data: dict, param: str) -> None:
@@ -121,6 +123,10 @@ def test_body_must_be_a_json_object(raw: bytes) -> None:
         ({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]},
          "messages.0.content", "only text content parts, not 'image_url'"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+         "messages.0.content", "needs a string 'text'"),
+        ({"messages": [{"role": "user", "content": ["hi"]}]},
+         "messages.0.content", "must be an object with a 'type'"),
         ({"top_logprobs": 2}, "top_logprobs", "`logprobs` must be set to true"),
         ({"tools": []}, "tools", "must not be an empty array"),
         ({"tool_choice": "required"}, "tool_choice", "`tools` must be set"),

@@ -39,12 +39,17 @@ class Message(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def _text_parts_only(cls, value: Any) -> Any:
-        for part in value if isinstance(value, list) else ():
+        for i, part in enumerate(value if isinstance(value, list) else ()):
             kind = part.get("type") if isinstance(part, dict) else None
-            if isinstance(kind, str) and kind != "text":
+            if not isinstance(kind, str):
+                raise ValueError(f"content part {i} must be an object with a 'type', e.g. "
+                                 '{"type": "text", "text": "..."}')
+            if kind != "text":
                 raise ValueError(
                     f"the sim engine reads only text content parts, not '{kind}'; send text, "
                     "or serve a real multimodal model (--engine vllm)")
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"content part {i} (type 'text') needs a string 'text'")
         return value
 
     def text(self) -> str:
@@ -113,6 +118,8 @@ class SamplingBody(BaseModel):
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("stop cannot contain an empty string.")  # vLLM's SamplingParams
         return value
 
     def stop_list(self) -> list[str]:

@@ -147,6 +147,7 @@ def stop_pieces(tokens: Sequence[str], stops: Sequence[str],
     """The text each generated token adds to a stream, under vLLM's stop-string rules (see
     the module docstring). Returns one piece per token kept (the list stops at the token
     that completed a stop string) and the matched stop string, or None."""
+    stops = [s for s in stops if s]  # (the front refuses "", as vLLM does)
     hold = max((len(s) for s in stops), default=1) - 1 if stops and not include else 0
     text, sent, pieces = "", 0, []
     for i, token in enumerate(tokens):
