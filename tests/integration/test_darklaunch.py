@@ -10,13 +10,17 @@ import json
 import statistics
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.fixtures.gateway import TOKEN, FakeUpstream, StartGateway
+from tests.fixtures.labelstudio import LabelStudio
 from tests.fixtures.rollout import cli
+from vllm_canary.cli import main
 from vllm_canary.dataloop.logs import ReadStats, read_records
 from vllm_canary.gateway.adminclient import AdminClient
 from vllm_canary.rollout.metrics.scrape import scrape
@@ -25,15 +29,38 @@ N = 20
 
 
 def _post(url: str, prompt: str) -> tuple[str, dict]:
+    """One completion through the gateway. A 503 (the shared CI machine starving the stack's
+    health checks) is retried twice, as a client would; its answer would be v1's anyway."""
     body = json.dumps({"prompt": prompt, "max_tokens": 8}).encode()
-    with urllib.request.urlopen(urllib.request.Request(url + "/v1/completions", data=body),
-                                timeout=10) as resp:
-        return resp.headers["x-model-version"], json.load(resp)
+    for attempt in range(3):
+        try:
+            with urllib.request.urlopen(
+                    urllib.request.Request(url + "/v1/completions", data=body),
+                    timeout=10) as resp:
+                return resp.headers["x-model-version"], json.load(resp)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 2:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def _records(log_dir: Path) -> list[dict]:
     files = sorted(log_dir.glob("requests-*.jsonl"))
     return list(read_records(files, ReadStats()))
+
+
+def _wait_for_pairs(log_dir: Path, n: int) -> tuple[set[str], dict[str, dict], list[dict]]:
+    """Served v1 request ids, v2's shadow records by id, and all records, once every served
+    id has its shadow line (mirrors are fire and forget: they land a bit later)."""
+    deadline = time.monotonic() + 20
+    while True:
+        recs = _records(log_dir)
+        served = {r["request_id"] for r in recs if r["version"] == "v1" and not r.get("shadow")}
+        shadow = {r["request_id"]: r for r in recs if r["version"] == "v2" and r.get("shadow")}
+        if (len(served) == n and served <= set(shadow)) or time.monotonic() > deadline:
+            return served, shadow, recs
+        time.sleep(0.2)
 
 
 def _value(samples: list, name: str, **labels: str) -> float:
@@ -42,19 +69,12 @@ def _value(samples: list, name: str, **labels: str) -> float:
 
 
 def test_up_mirror_v2_shadow_log_metrics_and_report(up_factory, tmp_path: Path) -> None:
-    env, st = up_factory("--mirror-v2", "100", "--no-prometheus")
+    env, st = up_factory("--mirror-v2", "100", "--no-prometheus", "--no-console")
     AdminClient(st.admin_url, st.admin_token).set_weights({"v1": 100, "v2": 0})
     versions = [_post(st.gateway_url, f"question number {i}")[0] for i in range(N)]
     assert versions == ["v1"] * N  # every client answer is v1's
     log_dir = tmp_path / "logs"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # mirrors are fire and forget: they land a bit later
-        recs = _records(log_dir)
-        served = {r["request_id"] for r in recs if r["version"] == "v1" and not r.get("shadow")}
-        shadow = {r["request_id"]: r for r in recs if r["version"] == "v2" and r.get("shadow")}
-        if len(served) == N and served <= set(shadow):
-            break
-        time.sleep(0.2)
+    served, shadow, recs = _wait_for_pairs(log_dir, N)
     assert len(served) == N and served <= set(shadow), (len(served), len(shadow))
     assert all(shadow[rid]["completion"] and shadow[rid]["status"] == 200 for rid in served)
     assert not [r for r in recs if r["version"] == "v2" and not r.get("shadow")]
@@ -114,3 +134,47 @@ async def test_slow_shadow_delays_no_client_and_drops_are_counted(
     assert dropped == 30 - 3  # three copies in flight at most; the rest dropped and counted
     assert len(upstreams["v2"].requests) == 3
     await asyncio.sleep(0)
+
+
+@pytest.mark.real
+def test_real_shadow_pairs_through_label_studio_to_a_decision(
+        up_factory, label_studio: LabelStudio, tmp_path: Path, capsys) -> None:
+    _, st = up_factory("--mirror-v2", "100", "--no-prometheus", "--no-console")
+    AdminClient(st.admin_url, st.admin_token).set_weights({"v1": 100, "v2": 0})
+    for i in range(25):
+        _post(st.gateway_url, f"explain idea {i} in one line")
+    served, _, _ = _wait_for_pairs(tmp_path / "logs", 25)
+    ann = tmp_path / "annotations"
+    assert main(["sample", "--from-shadow", "--logs", str(tmp_path / "logs"), "--n", "22",
+                 "--out", str(ann)]) == 0
+    samples = next(ann.glob("samples_*.jsonl"))
+    items = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(items) == 22 and all(i["source"]["request_id"] in served for i in items)
+    assert all(i["source"]["kind"] == "shadow" and i["answers"]["v2"]["text"] for i in items)
+
+    capsys.readouterr()
+    assert main(["labelstudio", "push", "--samples", str(samples), "--mode", "pairwise",
+                 "--url", label_studio.url, "--token", label_studio.token,
+                 "--title", "dark launch pairs"]) == 0
+    pid = int(capsys.readouterr().out.split()[1])
+    from label_studio_sdk import LabelStudio as SDK
+
+    sdk = SDK(base_url=label_studio.url, api_key=label_studio.token)
+    tasks = list(sdk.tasks.list(project=pid, fields="all"))
+    assert len(tasks) == 22
+    for i, task in enumerate(tasks):  # a person prefers v1's answer 7 times in 8
+        prefer = "v2" if i % 8 == 0 else "v1"
+        side = "left" if task.data["meta"]["left"] == prefer else "right"
+        sdk.annotations.create(id=task.id, result=[{"from_name": "pw", "to_name": "pw",
+                                                    "type": "pairwise",
+                                                    "value": {"selected": side}}])
+    labels = tmp_path / "labels.json"
+    assert main(["labelstudio", "pull", "--url", label_studio.url, "--token",
+                 label_studio.token, "--project", str(pid), "--out", str(labels)]) == 0
+    report = tmp_path / "report"
+    code = main(["evaluate", "--samples", str(samples), "--labels", str(labels),
+                 "--out", str(report)])
+    doc = json.loads((report / "decision.json").read_text())
+    assert (code, doc["decision"]) == (4, "rollback")  # v2 clearly worse on real prompts
+    assert doc["provenance"] == {"shadow": 22}
+    assert "v2 answered in shadow" in (report / "report.html").read_text()

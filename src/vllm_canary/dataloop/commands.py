@@ -315,6 +315,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--v2")
     d.add_argument("--seed", type=int)
     d.add_argument("--mode", choices=["rating", "pairwise"])
+    d.add_argument("--from-shadow", dest="from_shadow", action="store_const", const=True,
+                   help="sample a dark launch's logged pairs instead of asking --v1/--v2")
     d.add_argument("--labelstudio-url", dest="labelstudio_url")
     d.add_argument("--labelstudio-token", dest="labelstudio_token")
     d.set_defaults(handler=cmd_loop_daily)

@@ -31,6 +31,7 @@ class DailySettings(BaseModel):
     concurrency: int = Field(8, ge=1)
     timeout: float = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
+    from_shadow: bool = False  # pairs from a dark launch's logs (no v1/v2 URLs needed)
 
     @field_validator("logs", mode="before")
     @classmethod
@@ -44,16 +45,22 @@ def run(args: argparse.Namespace) -> int:
     from vllm_canary.dataloop.commands import check_url, default_title, make_dir, parse_day
 
     s = load_settings(DailySettings, vars(args), file=args.config)
-    if not s.v1 or not s.v2:
+    if not s.from_shadow and (not s.v1 or not s.v2):
         raise ConfigError("loop daily needs the URLs of both versions: --v1/--v2, "
-                          "VLLM_CANARY_V1/VLLM_CANARY_V2 or v1:/v2: in --config")
+                          "VLLM_CANARY_V1/VLLM_CANARY_V2 or v1:/v2: in --config "
+                          "(or --from-shadow during a dark launch)")
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     day = parse_day(s.date, yesterday)
-    targets = [generate.Target("v1", check_url(s.v1, "--v1")),
-               generate.Target("v2", check_url(s.v2, "--v2"))]
     make_dir(s.out)
-    res = collect.run_sample(s.logs, day, s.n, targets, s.out, seed=s.seed,
-                             policy=generate.Policy(s.concurrency, s.timeout, s.retries))
+    if s.from_shadow:
+        from vllm_canary.dataloop import shadow
+
+        res = shadow.sample_pairs(s.logs, day, s.n, s.out, seed=s.seed)
+    else:
+        targets = [generate.Target("v1", check_url(str(s.v1), "--v1")),
+                   generate.Target("v2", check_url(str(s.v2), "--v2"))]
+        res = collect.run_sample(s.logs, day, s.n, targets, s.out, seed=s.seed,
+                                 policy=generate.Policy(s.concurrency, s.timeout, s.retries))
     print(f"{res.path}: {res.items} items ({res.stats.lines} log lines, "
           f"{res.failed_answers} failed answers)")
     if s.labelstudio_url:

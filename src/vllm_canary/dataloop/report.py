@@ -108,6 +108,10 @@ def render(ev: Evaluation, doc: dict[str, Any]) -> str:
     images = "".join(f"<h3>{html.escape(t)}</h3><img alt=\"{html.escape(t)}\" "
                      f"src=\"data:image/png;base64,{b64}\">" for t, b64 in plots(ev).items())
     refused = "".join(f"<li>{html.escape(r)}</li>" for r in ev.refused[:200])
+    from vllm_canary.dataloop.evaluate import PROVENANCE
+
+    sources = "; ".join(f"{n} {html.escape(PROVENANCE.get(k, k))}"
+                        for k, n in (doc.get("provenance") or {}).items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>vllm-canary quality report {html.escape(ev.day)}</title>
@@ -118,6 +122,7 @@ border-radius:.3rem}}</style></head><body>
 <h1>Quality report {html.escape(ev.day)}:
 {html.escape(ev.candidate)} vs {html.escape(ev.baseline)}</h1>
 <p>Decision: <span class="verdict">{verdict}</span> (exit code {doc["exit_code"]})</p>
+<p>Prompts: {sources or "none"}.</p>
 <ul>{reasons}</ul>
 <h2>Checks</h2><table><tr><th>check</th><th>status</th><th>detail</th></tr>{checks}</table>
 <h2>Versions and comparisons</h2>{_table(rows)}
