@@ -1,8 +1,9 @@
-"""The engine protocol: what the OpenAI front (server/app.py) needs from a backend.
+"""The engine protocol: what the OpenAI front (server/app.py) needs from a backend, and the
+error type every front renders as an OpenAI error body.
 
-An engine turns one normalised generation request into a stream of text deltas. The front
-does the OpenAI wire format, validation, metrics and the request log, so every engine
-(`sim`, `vllm`, `upstream`) is measured and logged the same way.
+An engine (today the simulator; `vllm` and `upstream` are byte relays, server/relay.py)
+turns one validated request into deltas (text, logprobs, tool-call pieces) and a usage
+count. The front does validation, vLLM's wire shapes, metrics and the request log.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     request_id: str = ""
-    # Fields an upstream understands that we pass through unchanged (e.g. logprobs).
-    extra: dict[str, Any] = field(default_factory=dict)
     # The request shapes the simulator answers (vLLM's semantics; see server/api.py).
     prompts: tuple[Prompt, ...] = ()  # completions: one entry per prompt; () = (prompt,)
     echo: bool = False
