@@ -145,6 +145,7 @@ class Console:
         app.router.add_get("/api/quality", self.quality)
         app.router.add_get("/reports/{name}/report.html", self.report_html)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/favicon.ico", self.favicon)
         app.cleanup_ctx.append(self._lifecycle)
         return app
 
@@ -200,6 +201,9 @@ class Console:
     # ---- handlers ----------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)  # none: keeps the browser's console free of 404s
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
