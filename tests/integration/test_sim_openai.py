@@ -117,14 +117,16 @@ async def test_logprobs_through_the_openai_client(client: openai.AsyncOpenAI) ->
     assert tokens == [c.token for c in content]
 
 
-@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("stream", "include"), [(False, False), (True, False), (True, True)])
 async def test_stop_string_spanning_tokens_never_leaks(client: openai.AsyncOpenAI,
-                                                       stream: bool) -> None:
+                                                       stream: bool, include: bool) -> None:
     kw: Any = {"model": "sim-llm", "prompt": "hello", "max_tokens": 40, "seed": 2}
     full = (await client.completions.create(**kw)).choices[0].text
     words = full.split(" ")
     stop = f" {words[2]} {words[3]}"  # two tokens: the old stream sent the first one
-    expected = full[: full.index(stop)]
+    expected = full[: full.index(stop) + (len(stop) if include else 0)]
+    if include:  # vLLM's include_stop_str_in_output: cut at the stop's end instead
+        kw["extra_body"] = {"include_stop_str_in_output": True}
     if not stream:
         choice = (await client.completions.create(**kw, stop=[stop])).choices[0]
         text, finish, reason = choice.text, choice.finish_reason, choice.model_extra
@@ -136,6 +138,6 @@ async def test_stop_string_spanning_tokens_never_leaks(client: openai.AsyncOpenA
                 finish = c.finish_reason or finish
                 if c.finish_reason:
                     reason = c.model_extra
-    assert text == expected and stop not in text
+    assert text == expected and (stop in text) == include
     assert finish == "stop"
     assert (reason or {}).get("stop_reason") == stop  # vLLM's field: the matched string

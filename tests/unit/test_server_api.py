@@ -92,6 +92,8 @@ def test_neutral_values_of_unimplemented_settings_are_accepted() -> None:
         ({"prompt": ["x"] * 9, "n": 8}, "prompt"),
         ({"prompt": "x", "response_format": {"type": "json_schema"}}, "response_format"),
         ({"prompt": "x", "response_format": {"type": "structural_tag"}}, "response_format"),
+        ({"prompt": "x", "stream": True,
+          "stream_options": {"continuous_usage_stats": True}}, "stream_options"),
         ({"prompt": "x", "stop": ""}, "stop"),  # vLLM: "stop cannot contain an empty string."
         ({"prompt": "x", "stop": ["a", ""]}, "stop"),
     ],

@@ -190,6 +190,12 @@ def parse_request(
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.",
                        param="stream_options")
+    if body.stream_options is not None and body.stream_options.continuous_usage_stats:
+        raise ApiError(400, "the sim engine does not implement the setting "
+                       "'stream_options.continuous_usage_stats' (got True); remove it, or "
+                       "serve a real model (--engine vllm)",
+                       param="stream_options.continuous_usage_stats",
+                       code="unsupported_parameter")
     n = body.n or 1
     shapes: dict[str, Any] = {"json_schema": _json_schema(body.response_format)}
     if isinstance(body, ChatBody):

@@ -22,7 +22,7 @@ MAX_CHOICES = 64  # prompts x n: bounds one request's work in the simulator
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool | None = Field(default=False, strict=True)
-    continuous_usage_stats: Literal[False] | None = None
+    continuous_usage_stats: bool | None = Field(default=None, strict=True)  # refused if true
 
 
 class ContentPart(BaseModel):
