@@ -62,9 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-dir", type=Path, default=Path("logs"),
                    help="request logs, and process output under stack/ (default ./logs)")
     p.add_argument("--seed", type=int, help="gateway: fix the weighted choices")
-    p.add_argument("--mirror-v2", type=float, metavar="PCT",
-                   help="dark launch: also send PCT%% of the split traffic to v2, answers "
-                        "discarded (logged as shadow; see docs/darklaunch.md)")
+    p.add_argument("--mirror-v2", type=float, metavar="PCT", nargs="?", const=100.0,
+                   help="dark launch: also send PCT%% (default 100) of the split traffic to "
+                        "v2, answers discarded (logged as shadow; see docs/darklaunch.md)")
     p.add_argument("--startup-timeout", type=float,
                    help="seconds to wait for each server (default 60; 900 with --engine vllm)")
     p.set_defaults(handler=run)
