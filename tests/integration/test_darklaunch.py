@@ -178,3 +178,31 @@ def test_real_shadow_pairs_through_label_studio_to_a_decision(
     assert (code, doc["decision"]) == (4, "rollback")  # v2 clearly worse on real prompts
     assert doc["provenance"] == {"shadow": 22}
     assert "v2 answered in shadow" in (report / "report.html").read_text()
+
+
+def test_relay_front_marks_a_mirror_as_shadow(serve_process) -> None:
+    """`serve --engine upstream|vllm` (the byte relay): a copy with Envoy's `-shadow` Host is
+    logged with shadow: true and counted in vllm_shadow_* only, the served one as usual."""
+    upstream = serve_process("v2")
+    front = serve_process("v2", "--upstream", upstream.url, engine="upstream")
+    body = json.dumps({"prompt": "same question", "max_tokens": 6}).encode()
+    answers = []
+    for host, rid in ((f"vllm-service-shadow:{front.port}", "rid-1"), (None, "rid-2")):
+        headers = {"x-request-id": rid, "content-type": "application/json"}
+        if host:
+            headers["Host"] = host
+        req = urllib.request.Request(front.url + "/v1/completions", data=body, headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answers.append(json.load(resp)["choices"][0]["text"])
+    assert answers[0] == answers[1] != ""
+    samples = scrape(front.metrics_url)
+    assert _value(samples, "vllm_shadow_requests_total", status="200") == 1
+    assert _value(samples, "vllm_requests_total", status="200") == 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        by_id = {r["request_id"]: r for r in _records(front.log_dir)}
+        if {"rid-1", "rid-2"} <= set(by_id):
+            break
+        time.sleep(0.1)
+    assert by_id["rid-1"].get("shadow") is True and by_id["rid-1"]["completion"] == answers[0]
+    assert "shadow" not in by_id["rid-2"]
