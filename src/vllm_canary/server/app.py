@@ -349,6 +349,9 @@ class ModelServer:
             record["params"] = {"max_tokens": gen.max_tokens, "temperature": gen.temperature,
                                 "top_p": gen.top_p, "n": gen.n, "stop": gen.stop,
                                 "seed": gen.seed, "stream": stream}
+            if gen.json_schema is not None:  # so `shadow report` knows JSON was asked for
+                record["params"]["response_format"] = {"type": "json_schema",
+                                                       "json_schema": {"schema": gen.json_schema}}
             first = trace.choice(0)
             record["completion"] = first.text
             record["finish_reason"] = first.finish
