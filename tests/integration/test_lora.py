@@ -1,7 +1,8 @@
 """A LoRA adapter canaried as a version, on the real vLLM CPU build: `vllm-canary up --engine
 vllm --model-v1 tiny-v1 --lora-v2 <adapter>` (one vLLM, two versions), as a user runs it.
 
-One stack for the module (~60 s to start: vLLM with --enable-lora). The tests run in file
+One stack for the module (60-110 s to start: vLLM with --enable-lora; Prometheus too when
+installed, so the rollouts read it, by the fronts' series). The tests run in file
 order and build on each other's routes: split and identity, header A/B, per-version metrics
 and logs, `lora load` of a third version under load, `lora unload` refused then done, a
 rollout base -> adapter that promotes, and one whose adapter fails that aborts.
@@ -108,7 +109,7 @@ def lora_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoraStack]:
     argv = [sys.executable, "-m", "vllm_canary.cli", "up", "--engine", "vllm",
             "--model-v1", str(models / "tiny-v1"), "--lora-v2", str(adapters["v2"]),
             "--vllm-args", "--max-model-len 256 --dtype float32 --enforce-eager",
-            "--no-prometheus", "--no-console", "--seed", "11", "--log-dir", str(tmp / "logs"),
+            "--no-console", "--seed", "11", "--log-dir", str(tmp / "logs"),
             "--port", ports[0], "--metrics-port", ports[1], "--admin-port", ports[2],
             "--v1-port", ports[3], "--v2-port", ports[4], "--v1-metrics-port", ports[5],
             "--v2-metrics-port", ports[6], "--console-port", ports[7]]
@@ -140,6 +141,8 @@ def test_up_serves_two_versions_from_one_vllm(lora_stack: LoraStack) -> None:
     view = json.loads(listed.stdout)
     st.names["v2"] = view["adapters"][0]["name"]
     assert view["base"] == "v1" and view["adapters"][0]["version"] == "v2"
+    wrong = st.cli("lora", "list", "--server", st.state.servers["v1"].url, "--token", "nope")
+    assert wrong.returncode == 2 and "401" in wrong.stderr, wrong
 
     server = st.state.servers["v1"].url
     base = ask(server)
@@ -287,6 +290,8 @@ def _rollout(st: LoraStack, tmp_path: Path, canary: str, *flags: str) -> tuple[i
 def test_rollout_from_base_to_adapter_promotes(lora_stack: LoraStack, tmp_path: Path) -> None:
     code, out = _rollout(lora_stack, tmp_path, "v2")
     assert code == 0, out
+    # with Prometheus installed (make up does it) the rollout reads it, by the fronts' series
+    assert ("metrics: Prometheus" in out) == bool(lora_stack.state.prometheus_url), out
     assert "promoted" in out and lora_stack.weights() == {"v1": 0, "v2": 100}
 
 
