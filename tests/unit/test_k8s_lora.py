@@ -142,3 +142,15 @@ def test_the_gateway_executes_the_split_with_the_header(render):
     assert set(split) == {v1, v2}
     assert abs(split[v2] - 2000) < 260, split  # 10% of 20000, six standard deviations
     assert route({"x-ab-test": "v2"}, 300) == Counter({v2: 300})
+
+
+def test_the_kubernetes_actuator_keeps_the_header_edits(render):
+    """A rollout's VirtualService patch changes weights only: the adapter's destination still
+    sets its header afterwards."""
+    from vllm_canary.rollout.actuators.kubernetes import with_weights
+
+    http = find(render(LORA).manifests, "VirtualService", "vllm")["spec"]["http"]
+    canary = {d["destination"]["subset"]: d for d in with_weights(http, {"v1": 40, "v2": 60})[1][
+        "route"]}
+    assert canary["v2"]["weight"] == 60
+    assert canary["v2"]["headers"] == {"request": {"set": {"x-canary-version": "v2"}}}

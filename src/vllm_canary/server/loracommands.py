@@ -78,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     un.add_argument("--version", required=True)
     un.add_argument("--no-routes", action="store_true",
                     help="do not touch the local stack's routes (and do not check weights)")
+    un.add_argument("--repoint", metavar="VERSION",
+                    help="a route that sends it all its traffic (e.g. x-ab-test) goes to "
+                    "VERSION instead (default: refuse)")
     _flags(un)
     un.set_defaults(handler=_unload)
 
@@ -162,7 +165,7 @@ def _load(args: argparse.Namespace) -> int:
 
 def _unload(args: argparse.Namespace) -> int:
     client, stack = _client(args)
-    adapter = unload(client, stack if not args.no_routes else None, args.version)
+    adapter = unload(client, stack if not args.no_routes else None, args.version, args.repoint)
     return _print(args, adapter, f"unloaded {adapter['version']} ({adapter['name']})")
 
 
