@@ -25,7 +25,9 @@ import yaml
 
 from tests.conftest import ROOT, require
 from tests.e2e.test_up import CLI, Stack, start_stack, stop_stack
+from tests.unit.test_evaluate import items, planted, rating_export
 from vllm_canary import promserver
+from vllm_canary.cli import main
 from vllm_canary.gateway.store import default_routes_path
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -66,15 +68,14 @@ class Traffic:
             t.join(10)
 
 
-def _decision(day: str, decision: str) -> dict[str, Any]:
-    """A decision.json in the shape `vllm-canary evaluate` writes (decision_document)."""
-    return {"decision": decision, "reasons": [f"{day}: v2 scores higher (p=0.01)"],
-            "quality": {"score_diff": 0.42, "score_diff_ci": [0.1, 0.74], "rating_pvalue": 0.01,
-                        "n_pairs": 80, "win_share": 0.63, "win_share_ci": [0.52, 0.73],
-                        "pairwise_pvalue": 0.02, "n_decisive": 70,
-                        "scores": {"v1": 3.4, "v2": 3.82}, "agreement": {}},
-            "metrics": {}, "day": day, "baseline": "v1", "candidate": "v2", "rule": {},
-            "refused": 0, "generated_at": "2026-12-01T02:00:00+00:00"}
+def _evaluate(reports: Path, day: str, mean_v1: float, mean_v2: float) -> None:
+    """A real `vllm-canary evaluate` (planted ratings, as its unit tests plant them) writing
+    <reports>/<day>/decision.json and report.html, which the Quality tab reads."""
+    samples, labels = reports / f"{day}.samples.jsonl", reports / f"{day}.labels.json"
+    samples.write_text("".join(json.dumps(i) + "\n" for i in items(80)))
+    labels.write_text(json.dumps(rating_export(planted(mean_v1, mean_v2, 80))))
+    main(["evaluate", "--samples", str(samples), "--labels", str(labels),
+          "--out", str(reports / day)])
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +84,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require(Path(CHROMIUM).exists(), "chromium",
             "apt-get install -y --no-install-recommends chromium (scripts/setup.d/40-chromium.sh)")
     tmp = tmp_path_factory.mktemp("console")
-    for day, decision in (("20261130", "continue"), ("20261201", "promote")):
-        (tmp / "reports" / day).mkdir(parents=True)
-        (tmp / "reports" / day / "decision.json").write_text(json.dumps(_decision(day,
-                                                                                 decision)))
-    (tmp / "reports" / "20261201" / "report.html").write_text("<h1>report 20261201</h1>")
+    (tmp / "reports").mkdir()
+    _evaluate(tmp / "reports", "20261130", 3.8, 2.9)  # v2 worse: rollback
+    _evaluate(tmp / "reports", "20261201", 3.0, 3.8)  # v2 better: promote
     # The chart's routing plus a 50 % mirror of the canary route to v2 (a dark launch).
     docs = list(yaml.safe_load_all(default_routes_path().read_text()))
     canary = next(r for r in docs[0]["spec"]["http"] if r["name"] == "canary")
@@ -278,14 +277,24 @@ def test_weights_and_abort_from_the_console(page: Any, stack: Stack) -> None:
     history = page.evaluate("window.consoleState.rollout.history")
     assert any(p.get("weights", {}).get("v2") == 0 for p in history if p.get("weights"))
 
+    reports = Path(stack.log.parent) / "reports"
+    latest = json.loads((reports / "20261201" / "decision.json").read_text())
+    older = json.loads((reports / "20261130" / "decision.json").read_text())
+    assert (latest["decision"], older["decision"]) == ("promote", "rollback")
     page.goto(console_url(stack) + "/#quality")
     page.wait_for_selector("#decision", timeout=15000)
     assert page.inner_text("#decision") == "promote"
-    assert "0.42" in page.inner_text("#quality-latest")
+    text = page.inner_text("#quality-latest")
+    diff, (lo, hi) = latest["quality"]["score_diff"], latest["quality"]["score_diff_ci"]
+    assert " ".join(format(float(f"{x:.2f}"), "g") for x in (diff, lo, hi)) in \
+        text.replace("[", "").replace(",", "").replace("]", ""), text
+    for reason in latest["reasons"]:
+        assert reason in page.inner_text("#reasons")
     assert page.locator("#quality-history tr").count() == 3  # header + 2 days
+    assert "rollback" in page.inner_text("#quality-history")
     href = page.get_attribute("#quality-latest a", "href")
     with urllib.request.urlopen(console_url(stack) + href, timeout=10) as resp:
-        assert b"report 20261201" in resp.read()
+        assert resp.read() == (reports / "20261201" / "report.html").read_bytes()
     shot(page, "quality")
 
 

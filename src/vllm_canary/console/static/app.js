@@ -41,6 +41,7 @@ function fmt(unit, v) {
     case "percent": return v.toFixed(1) + "%";
     case "s": return v < 1 ? (v * 1000).toFixed(v < 0.01 ? 2 : 0) + " ms" : v.toFixed(2) + " s";
     case "ms": return v < 1000 ? v.toFixed(v < 10 ? 1 : 0) + " ms" : (v / 1000).toFixed(2) + " s";
+    case "p": return v < 0.001 ? v.toExponential(1) : v.toPrecision(2);
     case "reqps": return (v < 10 ? v.toFixed(2) : v.toFixed(0)) + " req/s";
     default: return Math.abs(v) >= 1000 ? (v / 1000).toFixed(1) + "k" :
       (Math.abs(v) < 10 ? +v.toFixed(2) : v.toFixed(0)) + "";
@@ -398,22 +399,25 @@ async function refreshQuality() {
   const scores = Object.entries(qd.scores || {}).map(([v, s]) =>
     `<tr><td><span class="swatch" style="background:${colour(v)}"></span>${esc(v)}</td>` +
     `<td class="num">${fmt("", s)}</td></tr>`).join("");
-  $("#quality-latest").innerHTML = `<h3>Latest: ${esc(d.day || last.name)} ` +
+  const day = (r) => esc(r.name) + (r.doc.day && r.doc.day !== r.name ?
+    ` <span class="muted">(samples of ${esc(r.doc.day)})</span>` : "");
+  $("#quality-latest").innerHTML = `<h3>Latest: ${day(last)} ` +
     `<span class="badge ${esc(d.decision)}" id="decision">${esc(d.decision)}</span></h3>` +
     `<ul id="reasons">${(d.reasons || []).map((r) => `<li>${esc(r)}</li>`).join("")}</ul>` +
     `<table class="data"><tr><th>version</th><th>mean score</th></tr>${scores}</table>` +
     `<table class="data"><tr><td>score difference (${esc(d.candidate)} − ${esc(d.baseline)})` +
-    `</td><td class="num">${fmt("", qd.score_diff)}${ci(qd.score_diff_ci)} (p=` +
-    `${fmt("", qd.rating_pvalue)}, ${qd.n_pairs} pairs)</td></tr>` +
-    `<tr><td>win rate of ${esc(d.candidate)}</td><td class="num">` +
-    `${fmt("percentunit", qd.win_share)}${ci(qd.win_share_ci, "percentunit")} (p=` +
-    `${fmt("", qd.pairwise_pvalue)}, ${qd.n_decisive} decisive)</td></tr></table>` +
+    `</td><td class="num">${qd.n_pairs ? `${fmt("", qd.score_diff)}${ci(qd.score_diff_ci)} ` +
+      `(p=${fmt("p", qd.rating_pvalue)}, ${qd.n_pairs} pairs)` : "no ratings"}</td></tr>` +
+    `<tr><td>win rate of ${esc(d.candidate)}</td><td class="num">${qd.n_decisive ?
+      `${fmt("percentunit", qd.win_share)}${ci(qd.win_share_ci, "percentunit")} (p=` +
+      `${fmt("p", qd.pairwise_pvalue)}, ${qd.n_decisive} decisive)` :
+      "no pairwise judgements"}</td></tr></table>` +
     (last.has_html ? `<p><a href="/reports/${encodeURIComponent(last.name)}/report.html" ` +
       `target="_blank" rel="noopener">report.html</a></p>` : "");
   $("#quality-history tbody").innerHTML = "<tr><th>day</th><th>decision</th>" +
     "<th>score diff</th><th>win rate</th><th>reasons</th><th>report</th></tr>" +
     q.reports.slice().reverse().map((r) => r.doc ?
-      `<tr><td>${esc(r.doc.day || r.name)}</td><td><span class="badge ${esc(r.doc.decision)}">` +
+      `<tr><td>${day(r)}</td><td><span class="badge ${esc(r.doc.decision)}">` +
       `${esc(r.doc.decision)}</span></td><td class="num">${fmt("", r.doc.quality?.score_diff)}` +
       `${ci(r.doc.quality?.score_diff_ci)}</td><td class="num">` +
       `${fmt("percentunit", r.doc.quality?.win_share)}</td><td>` +
