@@ -83,3 +83,88 @@ def test_admin_url_that_is_not_a_url(tmp_path: Path) -> None:
     out = run("routes", "get", "--admin-url", "127.0.0.1:15000", "--admin-token", "t",
               tmp=tmp_path)
     one_line_error(out, 2, "is not an http:// URL")
+
+
+def test_admin_token_is_never_a_flag(tmp_path: Path) -> None:
+    one_line_error(run("gateway", "--upstream", "v1=http://127.0.0.1:1", "--admin-token", "s3",
+                       tmp=tmp_path), 2, "--admin-token-file")
+    one_line_error(run("gateway", "--upstream", "v1=http://127.0.0.1:1", "--admin-token-file",
+                       str(tmp_path / "missing"), tmp=tmp_path), 2, "cannot read it")
+
+
+def test_a_remote_admin_bind_needs_allow_remote(tmp_path: Path) -> None:
+    one_line_error(run("gateway", "--upstream", "v1=http://127.0.0.1:1", "--admin-host",
+                       "0.0.0.0", tmp=tmp_path), 2, "--admin-allow-remote")
+
+
+def _start_gateway(tmp: Path, *flags: str, env: dict[str, str] | None = None
+                   ) -> tuple[subprocess.Popen[bytes], Path, dict[str, int]]:
+    ports = {k: procs.free_port() for k in ("port", "metrics", "admin")}
+    log = tmp / "gateway.log"
+    base = {**os.environ, "XDG_STATE_HOME": str(tmp / "state")}
+    base.pop("VLLM_CANARY_ADMIN_TOKEN", None)
+    proc = procs.start([CLI, "gateway", "--upstream", "v1=http://127.0.0.1:1", "--health-path",
+                        "", "--port", str(ports["port"]), "--metrics-port",
+                        str(ports["metrics"]), "--admin-port", str(ports["admin"]), *flags],
+                       env={**base, **(env or {})}, log=log)
+    procs.wait_http(f"http://127.0.0.1:{ports['metrics']}/metrics", 60, proc)
+    return proc, log, ports
+
+
+def _admin_status(port: int, authorization: bytes | None) -> int:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = b"GET /routes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        if authorization is not None:
+            head += b"Authorization: " + authorization + b"\r\n"
+        sock.sendall(head + b"\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_random_admin_token_goes_to_a_private_file_and_is_never_printed(
+        tmp_path: Path) -> None:
+    proc, log, ports = _start_gateway(tmp_path)
+    try:
+        [token_file] = (tmp_path / "state" / "vllm-canary").glob("gateway-admin-*.token")
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert _admin_status(ports["admin"], b"Bearer " + token.encode()) == 200
+        for bad in (None, b"Bearer", b"Bearer wrong", b"Basic " + token.encode(),
+                    b"Bearer \xff\xfe\x80", b"\xc3\x28" * 10, b"Bearer " + token.encode() + b"x"):
+            assert _admin_status(ports["admin"], bad) == 401, bad
+    finally:
+        procs.stop(proc)
+    text = log.read_text()
+    assert token not in text and str(token_file) in text and "Traceback" not in text
+
+
+def test_admin_token_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    proc, _, ports = _start_gateway(tmp_path, "--admin-token-file", str(secret))
+    try:
+        assert _admin_status(ports["admin"], b"Bearer from-a-file") == 200
+    finally:
+        procs.stop(proc)
+    proc, log, ports = _start_gateway(tmp_path, env={"VLLM_CANARY_ADMIN_TOKEN": "from-env"})
+    try:
+        assert _admin_status(ports["admin"], b"Bearer from-env") == 200
+        assert _admin_status(ports["admin"], b"Bearer from-a-file") == 401
+    finally:
+        procs.stop(proc)
+    assert "from-env" not in log.read_text()
+
+
+def test_allow_remote_admin_warns(tmp_path: Path) -> None:
+    proc, log, ports = _start_gateway(tmp_path, "--admin-host", "0.0.0.0",
+                                      "--admin-allow-remote",
+                                      env={"VLLM_CANARY_ADMIN_TOKEN": "t"})
+    try:
+        assert _admin_status(ports["admin"], b"Bearer t") == 200
+    finally:
+        procs.stop(proc)
+    assert "beyond this machine" in log.read_text()
