@@ -154,3 +154,15 @@ def test_the_kubernetes_actuator_keeps_the_header_edits(render):
         "route"]}
     assert canary["v2"]["weight"] == 60
     assert canary["v2"]["headers"] == {"request": {"set": {"x-canary-version": "v2"}}}
+
+
+def test_doctor_finds_nothing_wrong_with_a_lora_version(chart_dir, tmp_path, capsys):
+    """Its subset selects the base's pods, which exist: no "subset matches no pods" finding."""
+    import yaml
+
+    from vllm_canary.cli import main
+
+    values = tmp_path / "values-lora.yaml"
+    values.write_text(yaml.safe_dump(LORA))
+    assert main(["doctor", str(chart_dir), "-f", str(values)]) == 0
+    assert "pass every troubleshooting check" in capsys.readouterr().out
