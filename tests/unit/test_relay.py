@@ -444,6 +444,8 @@ async def test_ready_and_model_names_follow_the_probe(fake: Fake) -> None:
         assert not await engine.probe() and not engine.ready()
         fake.health = 404  # no /health: /v1/models decides
         assert await engine.probe()
+        fake.health = 401  # wants a key: up (the clients' keys are relayed)
+        assert await engine.probe()
     finally:
         await engine.close()
 

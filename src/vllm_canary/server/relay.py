@@ -274,7 +274,8 @@ class RelayFront:
             if refusal is not None:
                 raise refusal
             is_json = False
-            if inc.body and inc.method != "GET":
+            media = inc.lower.get("content-type", "").split(";", 1)[0].strip().lower()
+            if inc.body and media in (FORM, ""):  # parsed only to know if it is JSON
                 with contextlib.suppress(ApiError):
                     decode_json(inc.body)
                     is_json = True

@@ -57,11 +57,10 @@ class UpstreamEngine:
     name = "upstream"
 
     def __init__(self, base_url: str, *, model_name: str | None = None,
-                 health_interval: float = 2.0, api_key: str | None = None) -> None:
+                 health_interval: float = 2.0) -> None:
         self._base_url = strip_v1(base_url)
         self.model_name = model_name
         self.health_interval = health_interval
-        self.api_key = api_key
         self._session: aiohttp.ClientSession | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._ready = False
@@ -73,8 +72,7 @@ class UpstreamEngine:
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-            self._session = aiohttp.ClientSession(headers=headers)
+            self._session = aiohttp.ClientSession()
         return self._session
 
     async def start(self) -> None:
@@ -106,14 +104,15 @@ class UpstreamEngine:
 
     async def probe(self) -> bool:
         """GET /health (falling back to /v1/models for servers without one); refresh the
-        model ids."""
+        model ids. An upstream that wants a key (401/403) is up: the key is the clients'
+        (their Authorization header is relayed), not the front's."""
         session = self._ensure_session()
         timeout = aiohttp.ClientTimeout(total=min(5.0, max(1.0, self.health_interval)))
         healthy = False
         try:
             async with session.get(f"{self._base_url}/health", timeout=timeout) as resp:
                 await resp.read()
-                healthy = resp.status == 200
+                healthy = resp.status in (200, 401, 403)
                 no_health = resp.status in (404, 405)
             if healthy or no_health:
                 async with session.get(f"{self._base_url}/v1/models", timeout=timeout) as resp:
@@ -121,7 +120,7 @@ class UpstreamEngine:
                         body = await resp.json(content_type=None)
                         ids = [str(m["id"]) for m in body.get("data", []) if "id" in m]
                         self._upstream_models = ids or self._upstream_models
-                        healthy = True
+                    healthy = healthy or resp.status in (200, 401, 403)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError,
                 TypeError) as exc:
             log.debug("probe of %s failed: %r", self._base_url, exc)
