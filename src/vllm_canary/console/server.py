@@ -503,18 +503,23 @@ def _routes_view(view: dict[str, Any]) -> dict[str, Any]:
     """The admin API's view, minus nothing secret, plus what the page draws from the objects:
     mirror edges, subsets, route matches and destination hosts."""
     vss = view.get("virtualservices", []) or []
+    # The admin API's own figures per route: `weights` in percent (Istio weights are
+    # relative), `configured` as written; preferred over re-reading the objects.
+    given = {(r.get("virtualservice"), r.get("name")): r for r in view.get("routes", []) or []}
     routes = []
     hosts: set[str] = set()
     for vs in vss:
         for i, http in enumerate(vs.get("spec", {}).get("http", []) or []):
             dests = http.get("route", []) or []
             hosts.update(str(d.get("destination", {}).get("host", "")) for d in dests)
-            routes.append({"virtualservice": vs.get("metadata", {}).get("name", ""),
-                           "name": http.get("name") or f"[{i}]",
+            vs_name, name = vs.get("metadata", {}).get("name", ""), http.get("name")
+            raw = {str(d.get("destination", {}).get("subset", "")):
+                   d.get("weight", 100 if len(dests) == 1 else 0) for d in dests}
+            admin = given.get((vs_name, name), {})
+            routes.append({"virtualservice": vs_name, "name": name or f"[{i}]",
                            "match": http.get("match", []),
-                           "weights": {str(d.get("destination", {}).get("subset", "")):
-                                       int(d.get("weight", 100 if len(dests) == 1 else 0))
-                                       for d in dests},
+                           "weights": admin.get("weights", raw),
+                           "configured": admin.get("configured", raw),
                            "weighted": len(dests) > 1})
     subsets = sorted({str(s.get("name")) for dr in view.get("destinationrules", []) or []
                       for s in dr.get("spec", {}).get("subsets", []) or []})

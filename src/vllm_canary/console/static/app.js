@@ -440,7 +440,8 @@ async function refreshRoutes() {
     return `<tr data-route="${esc(r.name)}"><td>${esc(r.virtualservice)}</td>` +
       `<td>${esc(r.name)}</td><td><code>${esc(r.match && r.match.length ?
         JSON.stringify(r.match) : "(any)")}</code></td><td>${Object.entries(r.weights).map(([s, w]) =>
-        `<span class="swatch" style="background:${colour(s)}"></span>${esc(s)} ${w}`).join(" · ")}` +
+        `<span class="swatch" style="background:${colour(s)}"></span>${esc(s)} ${+(+w).toFixed(2)}` +
+        `${r.weighted ? "%" : ""}`).join(" · ")}` +
       `</td><td>${esc(mirrors)}</td></tr>`;
   }).join("");
   const form = $("#weights-inputs");
@@ -450,11 +451,11 @@ async function refreshRoutes() {
     form.dataset.keys = keys.join("|");
     form.innerHTML = keys.map((k) => `<label><span class="swatch" style="background:` +
       `${colour(k)}"></span>${esc(k)} <input type="number" min="0" max="100" step="1" ` +
-      `name="${esc(k)}" value="${v.weights[k]}"></label>`).join("");
+      `name="${esc(k)}" value="${Math.round(v.weights[k])}"></label>`).join("");
     form.oninput = () => { form.dataset.dirty = "1"; };
     const slider = $("#canary-slider");
     slider.hidden = !(keys.length === 2 && keys.includes(S.cfg.canary));
-    slider.value = v.weights[S.cfg.canary] ?? 0;
+    slider.value = Math.round(v.weights[S.cfg.canary] ?? 0);
   }
 }
 
