@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=2.0,
                         help="upstream's gap between chunks in the CPU runs")
     parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3, help="TTFB: alternating rounds")
+    parser.add_argument("--rounds", type=int, default=7, help="TTFB: alternating rounds")
     parser.add_argument("--out", type=Path, default=RESULTS / "server.md")
     parser.add_argument("--sse-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv or [])
@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     errors = 0
     direct = Samples()
     relayed: dict[str, Samples] = {}
+    # Per round and variant: (front - direct) TTFB p50 and p99 of back-to-back loads, so a
+    # stall of the shared machine during one round does not decide the figure.
+    diffs: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp_name:
         tmp = Path(tmp_name)
         up_port = procs.free_port()
@@ -213,12 +216,17 @@ def main(argv: list[str] | None = None) -> int:
                     cpu[variant] = (f_long, u_long, f_short, u_short)
                     errors += long_out.errors + short_out.errors
                     into_front = relayed[variant] = Samples()
+                    diffs[variant] = []
                     for _ in range(args.rounds):  # alternate: drift hits both alike
+                        pair = []
                         for port, into in ((up_port, direct), (front_port, into_front)):
                             got = asyncio.run(load(port, c, c, ttfb_body, stagger=0.3))
                             into.ttfb += got.ttfb
                             into.e2e += got.e2e
                             into.errors += got.errors
+                            pair.append(got.ttfb)
+                        diffs[variant].append((pct(pair[1], 50) - pct(pair[0], 50),
+                                               pct(pair[1], 99) - pct(pair[0], 99)))
                 finally:
                     procs.stop(front)
         finally:
@@ -247,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
     deployed = ratios["with its request log"]
     relay_only = ratios["without a request log"]
-    added = {v: [pct(r.ttfb, q) - pct(direct.ttfb, q) for q in (50, 99)]
-             for v, r in relayed.items()}
-    goal_ttfb = all(a[0] <= 1.0 and a[1] <= 3.0 for a in added.values())
+    added = {v: [float(np.median([d[i] for d in ds])) for i in (0, 1)]
+             for v, ds in diffs.items()}
+    goal_ttfb = added["with its request log"][0] <= 1.0 and \
+        added["with its request log"][1] <= 3.0
 
     def verdict(r: tuple[float, float, float]) -> str:
         return ", ".join(f"{what} {'met' if x <= 1.5 else 'not met'} ({x:.2f}x)" for what, x in
@@ -288,14 +297,19 @@ def main(argv: list[str] | None = None) -> int:
                     *((f"through the front {v}", r) for v, r in relayed.items())):
         lines.append(f"| {name} | {len(s.e2e)} | {pct(s.ttfb, 50):.1f} | {pct(s.ttfb, 99):.1f} "
                      f"| {pct(s.e2e, 50):.1f} | {pct(s.e2e, 99):.1f} |")
-    for v, r in relayed.items():
-        lines.append(f"| **added by the front {v}** | | **{added[v][0]:+.1f}** | "
-                     f"**{added[v][1]:+.1f}** | {pct(r.e2e, 50) - pct(direct.e2e, 50):+.1f} | "
-                     f"{pct(r.e2e, 99) - pct(direct.e2e, 99):+.1f} |")
+    for v in relayed:
+        lines.append(f"| **added by the front {v}** (median over rounds) | | "
+                     f"**{added[v][0]:+.1f}** | **{added[v][1]:+.1f}** | | |")
+    per_round = "; ".join(f"{v}: " + ", ".join(f"{a:+.1f}/{b:+.1f}" for a, b in ds)
+                          for v, ds in diffs.items())
     lines += [
         "",
-        f"Goal: added TTFB p50 ≤ 1 ms, p99 ≤ 3 ms: **{'met' if goal_ttfb else 'not met'}** in "
-        "this run (before the relay: +5.8 / +5.0 ms).",
+        f"Added TTFB p50/p99 ms in each of the {args.rounds} rounds (front minus the direct "
+        f"load just before it) — {per_round}.",
+        "",
+        f"Goal (front as deployed, with its request log): added TTFB p50 ≤ 1 ms, p99 ≤ 3 ms: "
+        f"**{'met' if goal_ttfb else 'not met'}** in this run (before the relay: +5.8 / +5.0 "
+        "ms).",
         "",
         "Reading it: per-chunk and per-request CPU come from two runs (k-chunk and one-chunk "
         "streams) solved for `cpu = requests * per_request + chunks * per_chunk`, for each "
