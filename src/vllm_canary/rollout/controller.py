@@ -144,7 +144,8 @@ class Controller:
             self.analyzer.observe(window(previous, current, count_new=True), current)
         s.last_snapshot = {v: st.to_dict() for v, st in current.items()}
         canary = current.get(self.canary)
-        if canary is not None and canary.up is False and s.weights.get(self.canary, 0) > 0:
+        exposed = s.weights.get(self.canary, 0) > 0 or s.mirror > 0  # serving or shadowing
+        if canary is not None and canary.up is False and exposed:
             s.canary_down_since = s.canary_down_since or self.now()
             down_for = self.now() - s.canary_down_since
             if down_for >= self.strategy.analysis.down_after:
@@ -152,7 +153,7 @@ class Controller:
                 return
         else:
             s.canary_down_since = None
-        self.shadow.poll(observe=s.mirror > 0)
+        self.shadow.poll(active=s.mirror > 0)
         s.shadow = self.shadow.to_dict()
         results = self.analyzer.sequential_results()
         if s.mirror > 0:

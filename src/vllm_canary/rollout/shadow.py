@@ -122,19 +122,25 @@ class ShadowAnalysis:
         state = state or {}
         self.analyzer = Analyzer(shadow_spec(spec), SERVED, SHADOW, None, state.get("analyzer"))
         self.reader = ShadowReader(source, stable, canary)
-        self.last: dict[str, Any] | None = state.get("last")
+        # Not resumed from the state: a fresh reader's counts start at its own first poll
+        # (rollout/metrics/counters.py), so a window across two lives would mix two counts.
+        self.last: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"analyzer": self.analyzer.to_dict(), "last": self.last}
 
-    def poll(self, observe: bool = True) -> None:
-        """Read the series; feed the window since the last poll when `observe` (mirroring).
-        A source outage is no data, never a failure."""
+    def poll(self, active: bool = True) -> None:
+        """While mirroring (`active`), feed the window since the last poll; otherwise read
+        nothing, so the first window of a dark launch starts at its first poll. A source
+        outage is no data, never a failure."""
+        if not active:
+            self.last = None
+            return
         try:
             current = self.reader.snapshot()
         except (OSError, ValueError):
             return
-        if self.last and observe:
+        if self.last:
             previous = {k: VersionStats.from_dict(v) for k, v in self.last.items()}
             self.analyzer.observe(window(previous, current), current)
         self.last = {k: v.to_dict() for k, v in current.items()}
