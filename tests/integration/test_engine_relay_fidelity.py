@@ -96,6 +96,10 @@ CORPUS = [
     Case("responses-stream", "/v1/responses",
          {"model": M, "input": "Hello", "max_output_tokens": 6, "temperature": 0,
           "stream": True}),
+    chat("chat-image-part", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]),
+    Case("embeddings", "/v1/embeddings", {"model": M, "input": "hello"}),
     Case("tokenize", "/tokenize", {"model": M, "prompt": "hello canary"}),
     Case("tokenize-chat", "/tokenize", {"model": M, "messages": CHAT}),
     Case("detokenize", "/detokenize", {"model": M, "tokens": [77, 335, 459]}),
