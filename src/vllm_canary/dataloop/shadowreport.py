@@ -59,6 +59,14 @@ def mean_ci(values: list[float]) -> dict[str, Any]:
             "n": n}
 
 
+def _within(summary: dict[str, Any], lo: float, hi: float) -> dict[str, Any]:
+    """A mean's interval clipped to the range the measure can take (similarity is 0..1)."""
+    if summary.get("ci95"):
+        a, b = summary["ci95"]
+        summary["ci95"] = (max(lo, a), min(hi, b))
+    return summary
+
+
 @dataclass
 class ShadowReport:
     day: str
@@ -83,7 +91,7 @@ def summarise(joined: shadow.Joined, comparisons: list[shadow.Comparison], day: 
         "unpaired_by_reason": dict(joined.unpaired),
         "served_logged": joined.served, "shadow_logged": joined.shadow,
         "exact_match": proportion([x.exact for x in c]),
-        "similarity": mean_ci(sims),
+        "similarity": _within(mean_ci(sims), 0.0, 1.0),
         "length_ratio": mean_ci([x.length_ratio for x in c if x.length_ratio is not None]),
         "finish_reason_changed": proportion([x.finish_changed for x in c]),
         "json_valid": {baseline: proportion([bool(x.json_valid_v1) for x in json_pairs]),
