@@ -301,3 +301,28 @@ async def test_metrics_endpoint_serves_istio_names(start_gateway: StartGateway,
         assert name in text
     assert 'le="0.5"' in text and 'le="3.6e+06"' in text  # Istio's duration buckets
     assert 'destination_service_name="vllm-service"' in text and 'reporter="destination"' in text
+
+
+async def test_a_head_too_big_to_forward_is_431_not_sent(start_gateway: StartGateway,
+                                                         upstreams: dict[str, FakeUpstream]
+                                                         ) -> None:
+    """The front takes 100 headers; with x-forwarded-for/-proto, x-request-id and
+    x-envoy-attempt-count added they would be over the limit the gateway holds an upstream
+    to (and a sidecar in the mesh holds it to), so it answers 431 itself."""
+    gw = await start_gateway()
+
+    async def send(extra: int) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports["gateway"])
+        head = "".join(f"x-h{i}: v\r\n" for i in range(extra))
+        writer.write(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{head}Connection: close"
+                     f"\r\nContent-Length: {len(BODY)}\r\n\r\n{BODY}".encode())
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+    status, body = await send(96)  # 99 at the front, 102 once forwarded
+    assert status == 431, body
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and "to forward" in error["message"]
+    assert not upstreams["v1"].requests and not upstreams["v2"].requests
+    assert (await send(90))[0] == 200

@@ -202,8 +202,9 @@ class Proxy:
             headers["x-request-id"] = str(uuid.UUID(bytes=os.urandom(16), version=4))
         apply_edit(headers, route.headers.request)
         apply_edit(headers, dest.headers.request)
-        if len(headers) > MAX_HEADERS or \
-                sum(len(k) + len(v) + 4 for k, v in headers.items()) > MAX_HEAD:
+        # + x-envoy-attempt-count and content-length, which each attempt adds (~64 bytes)
+        if len(headers) + 2 > MAX_HEADERS or \
+                sum(len(k) + len(v) + 4 for k, v in headers.items()) + 64 > MAX_HEAD:
             # what the front would refuse from a client (and an upstream's head limits are the
             # same), it does not send on once the forwarding headers are added
             return self._local(request, ex, 431, "-", "request headers too large to forward: "
