@@ -123,6 +123,7 @@ async def client(aiohttp_client: Any, admin: Any, tmp_path: Path, rollout_file: 
     console = Console(cfg)
     c = await aiohttp_client(console.app())
     cfg.port = c.server.port  # the Host guard expects the port we listen on
+    c.console = console
     return c
 
 
@@ -183,6 +184,10 @@ async def test_same_origin_and_preflight(client: Any) -> None:
 async def test_other_hosts_are_refused(client: Any) -> None:
     resp = await client.get("/api/routes", headers={"Host": "attacker.example:3000"})
     assert resp.status == 421  # DNS rebinding: a page on another name reaching loopback
+    assert "--allow-host attacker.example:3000" in (await resp.json())["error"]["message"]
+    client.console.cfg.extra_hosts = ("tunnel.local:8000",)
+    ok = await client.get("/api/config", headers={"Host": "tunnel.local:8000"})
+    assert ok.status == 200
 
 
 async def test_abort_and_promote_without_a_controller_set_weights(client: Any,

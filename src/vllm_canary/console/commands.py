@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "$VLLM_CANARY_ADMIN_TOKEN, else the local stack's)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     p.add_argument("--port", type=int, default=3000, help="listen port (default 3000)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST:PORT",
+                   help="also accept this Host header (a tunnel or port-forward to the "
+                   "console on another name or port); repeatable")
     p.add_argument("--dashboard", type=Path, help="Grafana dashboard JSON (default: the "
                    "chart's vllm-sre.json)")
     p.add_argument("--reports", type=Path, default=Path("reports"),
@@ -82,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
         dashboard_path=path, reports_dir=args.reports,
         rollout_state=args.rollout_state or rollout_state.default_path(),
         scrape_interval=scrape, refresh=args.refresh, stable=args.stable, canary=args.canary,
-        host=args.host, port=args.port)
+        host=args.host, port=args.port, extra_hosts=tuple(args.allow_host))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -78,6 +78,7 @@ class ConsoleConfig:
     canary: str = "v2"
     host: str = "127.0.0.1"
     port: int = 3000
+    extra_hosts: tuple[str, ...] = ()  # more Host header values to accept (e.g. a tunnel's)
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error",
@@ -163,14 +164,16 @@ class Console:
         names = {self.cfg.host, "127.0.0.1", "localhost", "[::1]"}
         if self.cfg.host in ("0.0.0.0", "::"):  # listening everywhere: any name
             return set()
-        return {f"{n}:{port}" for n in names} | (names if port == 80 else set())
+        allowed = {f"{n}:{port}" for n in names} | (names if port == 80 else set())
+        return allowed | set(self.cfg.extra_hosts)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         allowed = self._allowed_hosts()
         if allowed and request.host not in allowed:
             return error(421, f"Host {request.host!r} is not this console's (DNS rebinding "
-                         "guard); open it by the address it listens on", code="wrong_host")
+                         "guard); open it by the address it listens on, or start it with "
+                         f"--allow-host {request.host}", code="wrong_host")
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             refused = _cross_site(request)
             if refused:
