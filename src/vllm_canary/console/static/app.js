@@ -109,6 +109,8 @@ async function init() {
     } else if (ev.target.checked) all.checked = false;
     refresh();
   });
+  $("#dash-title").title = `dashboard ${S.cfg.dashboard_file}\nPrometheus ` +
+    `${S.cfg.prometheus_url || "none"}\nadmin API ${S.cfg.admin_url || "none"}`;
   if (S.cfg.warning) { $("#warning").hidden = false; $("#warning").textContent = S.cfg.warning; }
   range.addEventListener("change", refresh);
   refreshSel.addEventListener("change", schedule);
@@ -177,8 +179,10 @@ function drawPanel(el, panel, data) {
   const plot = el.querySelector(".plot");
   if (!withPoints.length) {
     el.dataset.state = "nodata";
-    el.querySelector(".nodata").textContent = data.error ? "No data (" + data.error + ")" :
+    const nodata = el.querySelector(".nodata");
+    nodata.textContent = data.error ? "No data (" + data.error + ")" :
       "No data for these versions in this range";
+    nodata.title = (data.queries || []).map((q) => `${q.refId}: ${q.expr}`).join("\n");
     if (S.charts[panel.id]) { S.charts[panel.id].destroy(); delete S.charts[panel.id]; }
     return;
   }
