@@ -136,6 +136,8 @@ def test_up_serves_two_versions_from_one_vllm(lora_stack: LoraStack) -> None:
     the adapter itself answers at temperature 0 (asked by its served name)."""
     st = lora_stack
     assert st.state.lora == {"v2": "v1"} and set(st.state.servers) == {"v1"}
+    table = (st.log_dir.parent / "up.log").read_text()
+    assert "v1 server" in table and "v2 (LoRA)" in table and "v2 server" not in table, table
     listed = st.cli("lora", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     view = json.loads(listed.stdout)
