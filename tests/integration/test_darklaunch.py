@@ -95,6 +95,12 @@ def test_up_mirror_v2_shadow_log_metrics_and_report(up_factory, tmp_path: Path) 
     assert (out / "report.html").is_file() and len((out / "pairs.csv").read_text().splitlines()) \
         == N + 1
 
+    off = subprocess.run(cli("shadow", "mirror", "0"), capture_output=True, text=True, env=env,
+                         timeout=30)
+    assert off.returncode == 0 and off.stdout.startswith("no mirror"), off.stderr
+    routes = AdminClient(st.admin_url, st.admin_token).routes()["virtualservices"]
+    assert not any("mirror" in http for vs in routes for http in vs["spec"]["http"])
+
 
 async def _latencies(url: str, n: int) -> list[float]:
     out = []

@@ -118,6 +118,22 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shadow_mirror(args: argparse.Namespace) -> int:
+    from vllm_canary.gateway.adminclient import AdminClient
+
+    if not 0 <= args.percent <= 100:
+        raise UserError(f"mirror percentage {args.percent:g} is not between 0 and 100")
+    answer = AdminClient.locate(args.admin_url, args.admin_token).set_mirror(args.percent,
+                                                                             args.subset)
+    mirror = answer.get("mirror") or {}
+    if mirror:
+        print(f"mirroring {mirror['percent']:g}% of the split traffic to {mirror['subset']} "
+              f"(weights {answer.get('weights')})")
+    else:
+        print(f"no mirror (weights {answer.get('weights')})")
+    return 0
+
+
 def _ls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get(ENV_URL),
                    help=f"Label Studio base URL (default ${ENV_URL})")
@@ -256,6 +272,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--baseline", default="v1", help="the served version")
     r.add_argument("--candidate", default="v2", help="the shadowed version")
     r.set_defaults(handler=cmd_shadow_report)
+    m = sh_sub.add_parser("mirror", help="set the running gateway's mirror (0 removes it)")
+    m.add_argument("percent", type=float, help="percent of the split traffic to mirror")
+    m.add_argument("--subset", default="v2", help="the version that answers in shadow")
+    m.add_argument("--admin-url", help="gateway admin API (default: the running local stack)")
+    m.add_argument("--admin-token", help="admin token (or $VLLM_CANARY_ADMIN_TOKEN)")
+    m.set_defaults(handler=cmd_shadow_mirror)
 
     ls = sub.add_parser("labelstudio", help="Label Studio: export tasks, push, pull annotations")
     ls_sub = ls.add_subparsers(dest="ls_command", metavar="ACTION", required=True)
