@@ -37,17 +37,23 @@ def add_gateway_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="traffic port (default 8080)")
     p.add_argument("--metrics-port", type=int, help="Istio metrics port (default 15090)")
-    p.add_argument("--admin-host", help="admin API address (default 127.0.0.1)")
+    p.add_argument("--admin-host", help="admin API address (default 127.0.0.1; any other "
+                   "needs --admin-allow-remote)")
+    p.add_argument("--admin-allow-remote", action="store_const", const=True,
+                   help="let --admin-host be an address other machines can reach")
     p.add_argument("--admin-port", type=int, help="admin API port (default 15000)")
-    p.add_argument("--admin-token", help="admin bearer token (default: random, printed; "
-                   "or $VLLM_CANARY_ADMIN_TOKEN)")
+    p.add_argument("--admin-token-file", type=Path,
+                   help="file holding the admin bearer token (or $VLLM_CANARY_ADMIN_TOKEN; "
+                   "default: a random one, written to a 0600 file whose path is logged)")
+    p.add_argument("--admin-token", help=argparse.SUPPRESS)  # refused: argv shows in `ps`
     p.add_argument("--health-path", help="upstream health check path (default /health, '' off)")
     p.add_argument("--health-interval", type=float, help="seconds between health checks")
     p.add_argument("--watch-interval", type=float, help="seconds between routes-file checks")
     p.add_argument("--max-request-bytes", type=int, help="request body limit (default 32 MiB)")
+    p.add_argument("--stream-idle-timeout", type=float, metavar="SECONDS",
+                   help="504 (flag SI) when an upstream sends nothing for this long, response "
+                   "head included (default 300, Envoy's)")
     p.add_argument("--seed", type=int, help="fix the random weighted choices")
-    p.add_argument("--max-mirrors-in-flight", type=int,
-                   help="mirror copies in flight per version before more are dropped (64)")
     p.add_argument("--max-mirrors-in-flight", type=int,
                    help="mirror copies in flight per version before more are dropped (64)")
     p.add_argument("--access-log", action="store_const", const=True, help="log every request")
@@ -58,7 +64,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from vllm_canary.gateway.server import main
     from vllm_canary.gateway.settings import GatewaySettings
 
-    settings = load_settings(GatewaySettings, vars(args), file=args.config)
+    if args.admin_token is not None:
+        raise UserError("--admin-token would show the token to every user of this machine "
+                        "(`ps`); put it in a file (--admin-token-file) or in "
+                        "$VLLM_CANARY_ADMIN_TOKEN")
+    settings = load_settings(GatewaySettings, {**vars(args), "admin_token": None},
+                             file=args.config)
     logging.basicConfig(level=logging.INFO if settings.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     return main(settings)  # a bad routes file is a RoutesError before anything listens

@@ -8,9 +8,7 @@ import gc
 import logging
 import os
 import random
-import secrets
 import signal
-import sys
 from typing import Any
 
 import aiohttp
@@ -29,7 +27,7 @@ from vllm_canary.gateway.endpoints import (
 from vllm_canary.gateway.h1server import H1Server
 from vllm_canary.gateway.proxy import Proxy
 from vllm_canary.gateway.routing import weights_of
-from vllm_canary.gateway.settings import GatewaySettings
+from vllm_canary.gateway.settings import GatewaySettings, admin_token, is_loopback
 from vllm_canary.gateway.store import RouteStore, Snapshot, default_routes_path
 from vllm_canary.gateway.telemetry import Telemetry
 
@@ -58,7 +56,7 @@ class Gateway:
                  registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self.token = settings.admin_token or secrets.token_urlsafe(24)
+        self.token, self.token_file = admin_token(settings)
         self.telemetry = Telemetry(self.registry)
         endpoints: list[Endpoint] = [parse_upstream(u) for u in settings.upstream]
         if settings.endpoints is not None:
@@ -107,11 +105,11 @@ class Gateway:
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None, connect=s.connect_timeout,
-                                          sock_read=s.idle_timeout),
+                                          sock_read=s.stream_idle_timeout),
         )
         rng = random.Random(s.seed) if s.seed is not None else random.Random()
         self.proxy = Proxy(self.store, self.endpoints, self.telemetry, self.session, rng,
-                           connect_timeout=s.connect_timeout, idle_timeout=s.idle_timeout,
+                           connect_timeout=s.connect_timeout, idle_timeout=s.stream_idle_timeout,
                            max_mirrors_in_flight=s.max_mirrors_in_flight,
                            access_log=log if s.access_log else None)
         for ep in self.endpoints.all:
@@ -129,6 +127,10 @@ class Gateway:
                                 f"{_reason(exc)}") from None
             self.ports["gateway"] = self._front.port
             await self._listen("metrics", metrics_app(self.registry), s.host, s.metrics_port)
+            if not is_loopback(s.admin_host):  # allowed by --admin-allow-remote
+                log.warning("the admin API listens on %s, beyond this machine "
+                            "(--admin-allow-remote): anyone who can reach it with the token "
+                            "can change routing", s.admin_host)
             await self._listen("admin", admin_app(self.store, self.token), s.admin_host,
                                s.admin_port)
         except BaseException:
@@ -179,8 +181,8 @@ async def run(settings: GatewaySettings) -> int:
         for ep in gateway.endpoints.all:
             log.warning("upstream %s -> %s", ",".join(f"{k}={v}" for k, v in ep.labels.items()),
                         ep.url)
-        if not settings.admin_token:
-            print(f"admin token: {gateway.token}", file=sys.stderr, flush=True)
+        if gateway.token_file is not None:  # the path, never the token (logs get shared)
+            log.warning("admin token (random) written to %s", gateway.token_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

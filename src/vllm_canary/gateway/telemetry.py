@@ -19,7 +19,8 @@ DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
 
 # Envoy prints response flags in this order (access logs, Istio's response_flags label).
-FLAG_ORDER = ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "URX", "NR", "DI", "FI", "RL", "DC")
+FLAG_ORDER = ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "URX", "NR", "DI", "FI", "RL", "DC",
+              "SI")
 
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_app", "source_version",
