@@ -188,6 +188,10 @@ def test_every_panel_draws_v1_and_v2(page: Any, stack: Stack, traffic: Traffic) 
     for pid in native:
         text = page.inner_text(f'.panel[data-panel-id="{pid}"] .nodata')
         assert text.startswith("No data"), text
+    # Charts follow the window's width.
+    wide = page.evaluate("window.consoleState.charts[2].width")
+    page.set_viewport_size({"width": 1000, "height": 1000})
+    page.wait_for_function(f"() => window.consoleState.charts[2].width < {wide}", timeout=5000)
     # $version honoured: only v1 ticked -> only v1 series.
     page.uncheck('#versions input[value="All"]')
     page.check('#versions input[value="v1"]')

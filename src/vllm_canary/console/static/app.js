@@ -123,6 +123,17 @@ async function init() {
   $("#abort").addEventListener("click", () => rolloutAction("abort"));
   $("#weights-form").addEventListener("submit", applyWeights);
   $("#canary-slider").addEventListener("input", sliderMoved);
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => {
+      for (const [id, chart] of Object.entries(S.charts)) {
+        const el = document.querySelector(`.panel[data-panel-id="${id}"]`);
+        chart.setSize({width: Math.max(el.querySelector(".plot").clientWidth, 200),
+          height: Math.max(el.clientHeight - 80, 100)});
+      }
+    }, 200);
+  });
   schedule();
   showTab(location.hash.slice(1) || "dashboard");
 }
