@@ -110,14 +110,15 @@ class Observation:
     """One generation answer as it passes. Times are `time.perf_counter()` seconds.
 
     Attributes after the answer: `texts` and `finish` (choice index → text / finish reason),
-    `tool_calls` ((choice, tool index) → {"name", "arguments"}), `usage` (the answer's own
+    `tool_calls` ((choice, tool index) → {"name", "arguments": [pieces]}; `tool_call_list()`
+    joins them), `usage` (the answer's own
     usage object, or None), `deltas` (token-bearing deltas seen), `first_token_at`, `error`
     (an error the upstream reported in the stream, with `error_status`).
     """
 
-    __slots__ = ("_decoder", "deltas", "error", "error_status", "finish", "first_token_at",
-                 "kind", "last_token_at", "on_gap", "response_id", "started", "streamed",
-                 "texts", "tool_calls", "usage")
+    __slots__ = ("_decoder", "_pieces", "deltas", "error", "error_status", "finish",
+                 "first_token_at", "kind", "last_token_at", "on_gap", "response_id", "started",
+                 "streamed", "tool_calls", "usage")
 
     def __init__(self, kind: str, started: float | None = None,
                  on_gap: Any = None) -> None:
@@ -125,9 +126,9 @@ class Observation:
         self.started = time.perf_counter() if started is None else started
         self.on_gap = on_gap  # called with each inter-token gap in seconds (a Histogram's observe)
         self._decoder = SSEDecoder()
-        self.texts: dict[int, str] = {}
+        self._pieces: dict[int, list[str]] = {}  # joined once, not per delta (quadratic)
         self.finish: dict[int, str | None] = {}
-        self.tool_calls: dict[tuple[int, int], dict[str, str]] = {}
+        self.tool_calls: dict[tuple[int, int], dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
         self.deltas = 0
         self.first_token_at: float | None = None
@@ -181,7 +182,11 @@ class Observation:
                 text = choice.get("text") or ""
                 token = bool(text)
             if text:
-                self.texts[index] = self.texts.get(index, "") + text
+                pieces = self._pieces.get(index)
+                if pieces is None:
+                    self._pieces[index] = [text]
+                else:
+                    pieces.append(text)
             if token:
                 self._token(index)
             finish = choice.get("finish_reason")
@@ -193,25 +198,25 @@ class Observation:
 
     def _tool_delta(self, index: int, call: dict[str, Any]) -> bool:
         key = (index, call.get("index", 0))
-        entry = self.tool_calls.setdefault(key, {"name": "", "arguments": ""})
+        entry = self.tool_calls.setdefault(key, {"name": "", "arguments": []})
         function = call.get("function") or {}
         if function.get("name"):
             entry["name"] = function["name"]
         arguments = function.get("arguments")
         if arguments:
-            entry["arguments"] += arguments
+            entry["arguments"].append(arguments)
             return True
         return bool(function.get("name"))
 
     def _responses_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type", "")
         if kind == "response.output_text.delta":
-            self.texts[0] = self.texts.get(0, "") + (event.get("delta") or "")
+            self._pieces.setdefault(0, []).append(event.get("delta") or "")
             self._token(0)
         elif kind == "response.function_call_arguments.delta":
             key = (0, event.get("output_index", 0))
-            entry = self.tool_calls.setdefault(key, {"name": "", "arguments": ""})
-            entry["arguments"] += event.get("delta") or ""
+            entry = self.tool_calls.setdefault(key, {"name": "", "arguments": []})
+            entry["arguments"].append(event.get("delta") or "")
             self._token(0)
         elif kind in ("response.reasoning_text.delta", "response.reasoning.delta"):
             self._token(0)
@@ -265,10 +270,10 @@ class Observation:
                 for n, call in enumerate(message.get("tool_calls") or ()):
                     function = call.get("function") or {}
                     self.tool_calls[(index, n)] = {"name": function.get("name") or "",
-                                                   "arguments": function.get("arguments") or ""}
+                                                   "arguments": [function.get("arguments") or ""]}
             else:
                 text = choice.get("text") or ""
-            self.texts[index] = text
+            self._pieces[index] = [text]
             self.finish[index] = choice.get("finish_reason")
         usage = answer.get("usage")
         if isinstance(usage, dict):
@@ -294,10 +299,15 @@ class Observation:
                           if part.get("type") == "output_text"]
             elif item.get("type") == "function_call":
                 self.tool_calls[(0, n)] = {"name": item.get("name") or "",
-                                           "arguments": item.get("arguments") or ""}
-        self.texts[0] = "".join(texts)
+                                           "arguments": [item.get("arguments") or ""]}
+        self._pieces[0] = texts
 
     # -- what the metrics and the log read -----------------------------------------------------
+    @property
+    def texts(self) -> dict[int, str]:
+        """Each choice's text so far (choice index → text)."""
+        return {i: "".join(p) for i, p in sorted(self._pieces.items())}
+
     def prompt_tokens(self) -> int | None:
         value = (self.usage or {}).get("prompt_tokens")
         return value if isinstance(value, int) else None
@@ -317,5 +327,5 @@ class Observation:
         return [self.finish[i] for i in sorted(self.finish)]
 
     def tool_call_list(self) -> list[dict[str, Any]]:
-        return [{"choice": c, "name": v["name"], "arguments": v["arguments"]}
+        return [{"choice": c, "name": v["name"], "arguments": "".join(v["arguments"])}
                 for (c, _), v in sorted(self.tool_calls.items())]
