@@ -149,3 +149,44 @@ def test_shadow_host_is_envoys_rule() -> None:
     assert front.shadow_host("svc") == "svc-shadow"
     assert front.shadow_host("[::1]") == "[::1]-shadow"
     assert front.shadow_host("[::1]:80") == "[::1]-shadow:80"
+
+
+def test_loop_daily_from_shadow_needs_no_urls(crafted: Path, tmp_path: Path, monkeypatch,
+                                               capsys) -> None:
+    from vllm_canary.cli import main
+
+    monkeypatch.delenv("VLLM_CANARY_LABELSTUDIO_URL", raising=False)
+    out = tmp_path / "nightly"
+    assert main(["loop", "daily", "--from-shadow", "--logs", str(crafted), "--date",
+                 "2026-11-30", "--out", str(out)]) == 0
+    assert "4 items" in capsys.readouterr().out
+    assert all(i["source"]["kind"] == "shadow"
+               for i in samplefile.read_items(out / "samples_20261130.jsonl"))
+
+
+@pytest.mark.parametrize(("v2_text", "minimum", "verdict"), [
+    ("the same words here", 0.9, "pass"),
+    ("entirely other output", 0.5, "fail"),
+])
+def test_agreement_metric_against_its_threshold(tmp_path: Path, v2_text: str, minimum: float,
+                                                verdict: str) -> None:
+    from vllm_canary.rollout.shadow import agreement_result
+    from vllm_canary.rollout.strategy import AnalysisSpec
+
+    now = dt.datetime.now(dt.UTC)
+    stamp = now.strftime("%Y%m%d")
+    records = []
+    for i in range(25):
+        records += [rec(f"r{i}", "v1", "the same words here", ts=now.isoformat()),
+                    rec(f"r{i}", "v2", v2_text, is_shadow=True, ts=now.isoformat())]
+    d = tmp_path / "logs"
+    d.mkdir()
+    for version in ("v1", "v2"):
+        (d / f"requests-{stamp}-{version}-h.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records if r["version"] == version))
+    spec = AnalysisSpec(metrics=["agreement"], logs=[str(d)], minAgreement=minimum,
+                        minSamples=20)
+    result = agreement_result(spec, "v1", "v2", since=now.timestamp() - 60)
+    assert str(result.verdict) == verdict and result.samples == 25
+    later = agreement_result(spec, "v1", "v2", since=now.timestamp() + 60)
+    assert str(later.verdict) == "inconclusive"  # no pair since the dark launch began
