@@ -30,6 +30,7 @@ from vllm_canary.gateway.routing import weights_of
 from vllm_canary.gateway.settings import GatewaySettings, admin_token, is_loopback
 from vllm_canary.gateway.store import RouteStore, Snapshot, default_routes_path
 from vllm_canary.gateway.telemetry import Telemetry
+from vllm_canary.server.httperrors import JsonErrorsRunner
 
 log = logging.getLogger("vllm_canary.gateway")
 
@@ -87,8 +88,9 @@ class Gateway:
 
     async def _listen(self, name: str, app: web.Application, host: str, port: int,
                       **kwargs: Any) -> None:
-        runner = web.AppRunner(app, access_log=log if self.settings.access_log else None,
-                               **kwargs)
+        # malformed HTTP on the admin and metrics ports is a JSON 4xx too, not a traceback
+        runner = JsonErrorsRunner(app, access_log=log if self.settings.access_log else None,
+                                  **kwargs)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
