@@ -11,8 +11,9 @@ request id.
 Istio: up to 1.27 every mirror is marked so. Istio 1.28 added the istiod variable
 `DISABLE_SHADOW_HOST_SUFFIX`, default `true` (no suffix; istio/istio#57530, PR #57708,
 pilot/pkg/features/pilot.go); our `k8s/istio-demo.yaml` sets it to `"false"` so mirrors stay
-recognisable in the mesh. `x-vllm-canary-shadow: 1` marks a copy explicitly as well (for
-proxies that cannot keep the suffix).
+recognisable in the mesh. There is deliberately no header that marks a shadow: a client could
+send it and hide its own requests from the served series. (A service whose own name ends in
+`-shadow` would be taken for a mirror: do not name one so.)
 
 Shadow answers are counted in their own series, `vllm_shadow_*` (same `version`/`model`
 labels, same buckets as the served ones), never in `vllm_requests_total` and the other served
@@ -29,7 +30,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from vllm_canary.server.metrics import LATENCY_BUCKETS, TTFT_BUCKETS
 
 SUFFIX = "-shadow"
-HEADER = "x-vllm-canary-shadow"
 LABELS = ("version", "model")
 
 
@@ -57,10 +57,8 @@ def shadow_host(authority: str) -> str:
 
 
 def is_shadow(headers: Mapping[str, str]) -> bool:
-    """True for a mirrored request: Host ends in `-shadow` (before the port), or the explicit
-    `x-vllm-canary-shadow: 1|true` header. `headers` is case-insensitive (aiohttp, multidict)."""
-    if headers.get(HEADER, "").strip().lower() in ("1", "true", "yes"):
-        return True
+    """True for a mirrored request: its Host (or `:authority`) ends in `-shadow` before any
+    port. `headers`: aiohttp's case-insensitive headers, or a dict with lower-case names."""
     host = headers.get("host") or headers.get(":authority") or ""
     return host_name(host.strip()).lower().endswith(SUFFIX)
 
