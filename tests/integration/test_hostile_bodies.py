@@ -97,3 +97,7 @@ def test_the_redacted_record_has_no_pii(serve_process: StartServer, unit: str) -
     [record] = [json.loads(line) for p in server.log_dir.glob("*.jsonl")
                 for line in p.read_text().splitlines()]
     assert record["redacted"] is True and unit.strip(" ,") not in record["prompt"]
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert 'vllm_canary_request_log_records_total{outcome="written",version="v1"} 1.0' \
+        in metrics
