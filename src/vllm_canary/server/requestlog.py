@@ -33,10 +33,12 @@ from prometheus_client.registry import Collector
 
 from vllm_canary.server.redact import Redactor
 
-# Top-level fields that are the server's own metadata, never client text.
-REDACT_SKIP = frozenset({"ts", "request_id", "version", "model", "host", "endpoint", "status",
-                         "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "opt_out",
-                         "redacted", "finish_reason", "shadow", "repaired"})
+# Top-level fields that are the server's own metadata, never client text; `request_id` (which a
+# client may set with x-request-id) is kept as sent: shadow pairs and the data loop join on it,
+# and a uuid's hex would read as a key. `model` and `endpoint` come from the client: redacted.
+REDACT_SKIP = frozenset({"ts", "request_id", "version", "host", "status", "latency_s",
+                         "ttft_s", "prompt_tokens", "completion_tokens", "opt_out", "redacted",
+                         "finish_reason", "shadow", "repaired"})
 OUTCOMES = ("written", "repaired", "dropped", "failed")
 MAX_QUEUED_BYTES = 256 * 1024 * 1024  # text waiting for the writer (a flood of 4 MB prompts)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
