@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, require
-from tests.e2e.test_up import CLI, Stack, start_stack, stop_stack
+from tests.e2e.test_up import CLI, Stack, free_ports, start_stack, stop_stack
 from tests.unit.test_evaluate import items, planted, rating_export
-from vllm_canary import promserver
+from vllm_canary import procs, promserver
 from vllm_canary.cli import main
 from vllm_canary.gateway.store import default_routes_path
 
@@ -371,3 +371,28 @@ def test_cross_site_mutations_are_refused(stack: Stack) -> None:
             urllib.request.urlopen(req, timeout=10)
         assert err.value.code == 403, headers
     assert routes_json(stack)["weights"] != {"v1": 50, "v2": 50}
+
+
+def test_console_command_finds_the_local_stack(stack: Stack, traffic: Traffic,
+                                               tmp_path: Path) -> None:
+    """`vllm-canary console` with no flags reads the running stack's Prometheus and admin API
+    (its token from the stack's state file, never on the command line)."""
+    port = free_ports(1)[0]
+    proc = procs.start([CLI, "console", "--port", str(port)], env=stack.env,
+                       log=tmp_path / "console.log")
+    try:
+        procs.wait_http(f"http://127.0.0.1:{port}/healthz", 30, proc)
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(base + "/api/routes", timeout=10) as resp:
+            assert json.load(resp)["weights"] == routes_json(stack)["weights"]
+        deadline, got = time.monotonic() + 40, set()
+        while time.monotonic() < deadline and not got >= {"v1", "v2"}:
+            time.sleep(1)  # a 15 s step: the first points need a sample on the grid
+            with urllib.request.urlopen(base + "/api/panels/2?from=now-5m", timeout=10) as r:
+                panel = json.load(r)
+            got = {s["version"] for s in panel["series"] if s["points"]}
+        assert got >= {"v1", "v2"}, panel
+        assert "[60s]" in panel["queries"][0]["expr"]  # default 15 s scrape: Grafana's 1m
+    finally:
+        procs.stop(proc)
+    assert "console on http://127.0.0.1:" in (tmp_path / "console.log").read_text()

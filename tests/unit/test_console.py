@@ -318,3 +318,19 @@ def test_mirror_edges_come_from_the_virtual_services() -> None:
         {"route": "canary", "subset": "v2", "host": "vllm-service", "percent": 25.0},
         # Istio mirrors everything when no percentage is given.
         {"route": "vllm[1]", "subset": "v3", "host": "vllm-service", "percent": 100.0}]
+
+
+@pytest.mark.parametrize(("rps", "err5", "err4", "up", "want"), [
+    (10, 0, 0, 1, "healthy"),
+    (10, 0.01, 0, 1, "degraded"),  # any 5xx
+    (10, 1.5, 0, 1, "failure"),  # 15 % 5xx
+    (10, 0, 1.5, 1, "degraded"),  # 15 % 4xx
+    (10, 0, 2.5, 1, "failure"),  # 25 % 4xx
+    (10, 0, 0, 0, "failure"),  # the target is down
+    (0, 0, 0, None, "idle"),
+])
+def test_node_health_is_kialis(rps: float, err5: float, err4: float, up: float | None,
+                               want: str) -> None:
+    from vllm_canary.console.server import _health
+
+    assert _health(rps, err5, up, err4) == want

@@ -386,8 +386,9 @@ class Console:
     async def topology(self, request: web.Request) -> web.Response:
         """Kiali's versioned-app graph: client -> gateway -> each version, plus mirror edges.
         Edge figures are Istio telemetry over the window; node health follows Kiali's default
-        tolerance for 5xx (>= 0.1 % degraded, > 10 % failure; https://kiali.io/docs/
-        configuration/health/) and a target that Prometheus finds down is a failure."""
+        tolerances (https://kiali.io/docs/configuration/health/: 5xx above 0 % degraded,
+        above 10 % failure; 4xx above 10 % degraded, above 20 % failure), and a target that
+        Prometheus finds down is a failure."""
         errors: list[str] = []
         view: dict[str, Any] = {}
         try:
@@ -404,6 +405,8 @@ class Console:
                    f"[{window}]))",
             "err": f"sum by (destination_version) (rate(istio_requests_total{{{sel},"
                    f'response_code=~"5.."}}[{window}]))',
+            "err4": f"sum by (destination_version) (rate(istio_requests_total{{{sel},"
+                    f'response_code=~"4.."}}[{window}]))',
             "p95": f"histogram_quantile(0.95, sum by (destination_version, le) (rate("
                    f"istio_request_duration_milliseconds_bucket{{{sel}}}[{window}])))",
             "p95all": "histogram_quantile(0.95, sum by (le) (rate("
@@ -436,7 +439,8 @@ class Console:
         edges = []
         total = sum(v or 0.0 for v in figures["rps"].values())
         total_err = sum(v or 0.0 for v in figures["err"].values())
-        gw_health = _health(total, total_err, None)
+        total_err4 = sum(v or 0.0 for v in figures["err4"].values())
+        gw_health = _health(total, total_err, None, total_err4)
         nodes.append({"id": "gateway", "kind": "gateway", "label": "gateway",
                       "health": gw_health})
         edges.append(_edge("client", "gateway", "client", total, total_err,
@@ -444,7 +448,8 @@ class Console:
         for v in versions:
             rps, err = figures["rps"].get(v), figures["err"].get(v)
             nodes.append({"id": v, "kind": "version", "label": v, "up": figures["up"].get(v),
-                          "health": _health(rps or 0.0, err or 0.0, figures["up"].get(v))})
+                          "health": _health(rps or 0.0, err or 0.0, figures["up"].get(v),
+                                            figures["err4"].get(v) or 0.0)})
             edges.append(_edge("gateway", v, "route", rps or 0.0, err or 0.0,
                                figures["p95"].get(v), weights.get(v)))
         for m in mirrors:
@@ -539,13 +544,18 @@ def _edge(source: str, target: str, kind: str, rps: float, err: float, p95: floa
             "p95_ms": p95, "weight": weight}
 
 
-def _health(rps: float, err: float, up: float | None) -> str:
+def _health(rps: float, err5: float, up: float | None, err4: float = 0.0) -> str:
+    """Kiali's rule: the worst of each code class's verdict (percent of requests above the
+    class's `failure`, else above its `degraded` tolerance); a down target fails."""
     if up is not None and up < 1:
         return "failure"
     if rps <= 0:
         return "idle"
-    pct = 100.0 * err / rps
-    return "failure" if pct > 10 else "degraded" if pct >= 0.1 else "healthy"
+    verdicts = set()
+    for errors, degraded, failure in ((err5, 0.0, 10.0), (err4, 10.0, 20.0)):
+        pct = 100.0 * errors / rps
+        verdicts.add("failure" if pct > failure else "degraded" if pct > degraded else "healthy")
+    return next(h for h in ("failure", "degraded", "healthy") if h in verdicts)
 
 
 def _cross_site(request: web.Request) -> str:
