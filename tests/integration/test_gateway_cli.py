@@ -168,3 +168,28 @@ def test_allow_remote_admin_warns(tmp_path: Path) -> None:
     finally:
         procs.stop(proc)
     assert "beyond this machine" in log.read_text()
+
+
+def test_admin_api_bad_json_is_400(tmp_path: Path) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    proc, log, ports = _start_gateway(tmp_path, env={"VLLM_CANARY_ADMIN_TOKEN": "t"})
+    try:
+        for body in (b'{"weights":' + b"[" * 5000 + b"]" * 5000 + b"}",
+                     b'{"weights":{"v1":' + b"9" * 5000 + b"}}", b'{"weights":"\\ud800"}',
+                     b"\xff"):
+            req = urllib.request.Request(f"http://127.0.0.1:{ports['admin']}/weights",
+                                         data=body, method="PUT",
+                                         headers={"Authorization": "Bearer t"})
+            try:
+                urllib.request.urlopen(req, timeout=10)
+                raise AssertionError("accepted")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 400, body[:40]
+                assert json.loads(exc.read())["error"]["code"] in ("invalid_json",
+                                                                   "invalid_weights")
+    finally:
+        procs.stop(proc)
+    assert "Traceback" not in log.read_text()

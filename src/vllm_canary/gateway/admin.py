@@ -9,7 +9,6 @@ Errors are OpenAI-style JSON bodies with a 4xx status.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +18,7 @@ from aiohttp import web
 from vllm_canary.gateway.istio import RoutesError
 from vllm_canary.gateway.routing import percentages
 from vllm_canary.gateway.store import RouteStore, WeightError
+from vllm_canary.server import jsonlimits
 
 log = logging.getLogger("vllm_canary.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,7 +58,7 @@ def admin_app(store: RouteStore, token: str) -> web.Application:
 
     async def put_weights(request: web.Request) -> web.Response:
         try:
-            body: Any = json.loads(await request.read() or b"null")
+            body: Any = jsonlimits.loads(await request.read() or b"null")  # limits: 400, never 500
         except ValueError:
             return error(400, "body is not JSON; send {\"weights\": {\"v1\": 90, \"v2\": 10}}",
                          code="invalid_json")
@@ -90,7 +90,7 @@ def admin_app(store: RouteStore, token: str) -> web.Application:
         from vllm_canary.gateway import mirror
 
         try:
-            body: Any = json.loads(await request.read() or b"null")
+            body: Any = jsonlimits.loads(await request.read() or b"null")  # limits: 400, never 500
         except ValueError:
             body = None
         if not isinstance(body, dict) or "percent" not in body:
