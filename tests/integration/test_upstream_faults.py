@@ -76,6 +76,26 @@ async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     await asyncio.sleep(3600)
 
 
+async def truncated_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"text\": ")
+    await writer.drain()  # then the connection closes: 90 bytes short
+
+
+async def interim_then_silence(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    await asyncio.sleep(3600)
+
+
+async def bad_status_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\n{}")
+    await writer.drain()
+    await asyncio.sleep(3600)
+
+
 @pytest.fixture
 async def fault_server() -> AsyncIterator[Callable[[Behaviour], Awaitable[int]]]:
     servers: list[asyncio.Server] = []
@@ -116,6 +136,9 @@ CASES = [
     (stall_after_head, 504, "SI"),  # a small JSON answer is read whole before it is sent
     (reset, 503, "UC"),
     (garbage, 503, "UC"),
+    (truncated_body, 503, "UC"),
+    (interim_then_silence, 504, "SI"),
+    (bad_status_line, 503, "UC"),
 ]
 
 
