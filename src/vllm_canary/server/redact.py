@@ -88,7 +88,13 @@ class Redactor:
     """Masks PII and secrets in text; one instance is reused (it holds no per-text state)."""
 
     def __init__(self, regions: Iterable[str] = DEFAULT_REGIONS) -> None:
-        self.regions = tuple(regions)
+        """`regions`: ISO 3166 alpha-2 codes whose national phone formats are recognised;
+        ValueError for one libphonenumber does not know."""
+        self.regions = tuple(r.upper() for r in regions)
+        unknown = [r for r in self.regions if not region_known(r)]
+        if unknown:
+            raise ValueError(f"unknown phone region(s) {', '.join(unknown)}: use ISO 3166 "
+                             "alpha-2 codes such as US, DE, IN")
 
     def text(self, text: str) -> tuple[str, bool]:
         """`text` with each finding replaced by its placeholder, and whether any was."""
