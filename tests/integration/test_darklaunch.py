@@ -20,6 +20,8 @@ import pytest
 from tests.fixtures.gateway import TOKEN, FakeUpstream, StartGateway
 from tests.fixtures.labelstudio import LabelStudio
 from tests.fixtures.rollout import cli
+from tests.integration.test_actuator_kubernetes import FakeApiServer, api_server  # noqa: F401
+from tests.integration.test_actuator_kubernetes import actuator as k8s_actuator
 from vllm_canary.cli import main
 from vllm_canary.dataloop.logs import ReadStats, read_records
 from vllm_canary.gateway.adminclient import AdminClient
@@ -212,3 +214,18 @@ def test_relay_front_marks_a_mirror_as_shadow(serve_process) -> None:
         time.sleep(0.1)
     assert by_id["rid-1"].get("shadow") is True and by_id["rid-1"]["completion"] == answers[0]
     assert "shadow" not in by_id["rid-2"]
+
+
+def test_kubernetes_actuator_sets_and_removes_the_mirror(
+        api_server: FakeApiServer) -> None:  # noqa: F811 - the imported fixture
+    act = k8s_actuator(api_server)
+    assert act.set_mirror(25, "v2") == 25.0
+    http = api_server.vs["spec"]["http"]
+    assert http[1]["mirror"] == {"host": "vllm-service.default.svc.cluster.local",
+                                 "subset": "v2"}
+    assert http[1]["mirrorPercentage"] == {"value": 25.0}
+    assert "mirror" not in http[0]  # the x-ab-test route is left alone
+    assert act.get_weights() == {"v1": 90, "v2": 10}  # weights untouched
+    assert act.set_mirror(0, "v2") == 0.0
+    assert not any(k.startswith("mirror") for k in api_server.vs["spec"]["http"][1])
+    assert [p[1]["metadata"]["resourceVersion"] for p in api_server.patches] == ["100", "101"]
