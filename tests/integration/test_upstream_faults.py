@@ -226,3 +226,13 @@ async def test_the_gateway_answers_others_while_an_upstream_hangs(
 
 async def _json(body: bytes) -> dict[str, Any]:
     return json.loads(body)
+
+
+def test_the_packaged_routes_have_an_llm_route_timeout() -> None:
+    """`up` (and the chart's defaults): 600 s for the whole answer, streamed or not."""
+    from vllm_canary.gateway.store import default_routes_path, load_routes
+
+    _, table = load_routes(default_routes_path())
+    timeouts = {route.name: route.timeout for vhost in table.virtual_hosts
+                for route in vhost.routes}
+    assert timeouts == {"ab-test": 600.0, "canary": 600.0}
