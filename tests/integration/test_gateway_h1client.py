@@ -101,3 +101,28 @@ async def test_connect_failure_and_reset(raw_server) -> None:  # type: ignore[no
     port = await raw_server([b"CLOSE"])
     with pytest.raises(Reset):
         await Pool("127.0.0.1", port).request("GET", "/", {"Host": "h"}, b"")
+
+
+async def test_reads_of_one_whole_chunk_and_reads_that_are_not() -> None:
+    """A read that is exactly one chunk frame (how SSE servers write) takes a fast path; any
+    other shape (split frames, two in one read, extensions) goes through the general parser,
+    with the same result; CRLF and UTF-8 inside the data are data."""
+    from vllm_canary.gateway.h1client import _Conn
+
+    conn = _Conn(Pool("127.0.0.1", 1))
+    head = conn.start(head_only=False)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert (await head)[0] == 200
+    events = [b"data: 1\r\n\r\n", b"x" * 0x1a, b"data: \xc3\xa9\n\n"]
+    reads = [b"%x\r\n%b\r\n" % (len(e), e) for e in events]
+    reads += [b"3;ext=1\r\nabc\r\n", b"2\r\nde\r\n2\r\nfg\r\n", b"4\r\nhi", b"jk\r\n",
+              b"5\r\nshort\r\n", b"0\r\n\r\n"]
+    for data in reads:
+        conn.data_received(data)
+    assert list(conn.chunks) == [*events, b"abc", b"de", b"fg", b"hi", b"jk", b"short"]
+    assert conn.mode == "done" and conn.error is None
+    bad = _Conn(Pool("127.0.0.1", 1))
+    bad.start(head_only=False)
+    bad.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    bad.data_received(b"zz\r\nabc\r\n")  # not a hex size: the general parser refuses it
+    assert isinstance(bad.error, Reset)
