@@ -83,6 +83,14 @@ def test_sse_decoder_gives_the_same_events_however_the_bytes_are_split() -> None
         assert [d for part in parts for d in decoder.feed(part)] == whole
 
 
+def test_sse_decoder_reads_one_event_per_read_as_any_other_split() -> None:
+    events = [b"data: {}\n\n", b"data: [DONE]\n\n", b"data:x\n\n", b"data: a\r\n\r\n",
+              b"data: tail", b"\n\n"]
+    decoder = SSEDecoder()
+    assert [d for e in events for d in decoder.feed(e)] == [b"{}", b"[DONE]", b"x", b"a",
+                                                              b"tail"]
+
+
 def test_sse_decoder_flushes_an_event_without_its_blank_line() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"data: x") == []
