@@ -264,7 +264,7 @@ def test_argo_web_metrics_are_answered_by_analyze_serve(stack: Stack, render: An
 # ---- vLLM's own metrics: `up --engine vllm` on the real vLLM CPU build --------------------
 
 UP_PORTS = ("--v1-port", "--v1-metrics-port", "--v2-port", "--v2-metrics-port", "--port",
-            "--metrics-port", "--admin-port", "--prometheus-port")
+            "--metrics-port", "--admin-port", "--prometheus-port", "--console-port")
 VLLM_UP_ARGS = "--max-model-len 256 --dtype float32 --enforce-eager"
 
 
@@ -272,6 +272,7 @@ VLLM_UP_ARGS = "--max-model-len 256 --dtype float32 --enforce-eager"
 class VllmUp:
     prometheus: str
     gateway: str
+    console: str
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +282,7 @@ def vllm_up(tmp_path_factory: pytest.TempPathFactory, vllm_setup: Any) -> Iterat
     require(find_binary() is not None, "prometheus", INSTALL_HINT)
     tmp = tmp_path_factory.mktemp("vllm-up")
     ports = {flag: procs.free_port() for flag in UP_PORTS}
-    argv = [CLI, "up", "--engine", "vllm", "--no-console", "--log-dir", str(tmp / "logs"),
+    argv = [CLI, "up", "--engine", "vllm", "--log-dir", str(tmp / "logs"),
             "--model-v1", str(vllm_setup.models["v1"]), "--model-v2",
             str(vllm_setup.models["v2"]), "--vllm-args", VLLM_UP_ARGS,
             "--startup-timeout", "300", "--seed", "1"]
@@ -299,7 +300,8 @@ def vllm_up(tmp_path_factory: pytest.TempPathFactory, vllm_setup: Any) -> Iterat
             time.sleep(1)
         assert "prometheus     http://" in out.read_text(), out.read_text()
         yield VllmUp(f"http://127.0.0.1:{ports['--prometheus-port']}",
-                     f"http://127.0.0.1:{ports['--port']}")
+                     f"http://127.0.0.1:{ports['--port']}",
+                     f"http://127.0.0.1:{ports['--console-port']}")
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -331,3 +333,29 @@ def test_native_vllm_panels_return_both_versions(vllm_up: VllmUp):
         if not {"v1", "v2"} <= got:
             missing[name] = (expr, sorted(got))
     assert not missing, missing
+
+
+def test_native_panels_draw_v1_and_v2_in_the_console(vllm_up: VllmUp):
+    """The console of that stack, in headless Chromium: vLLM's own panels draw both versions
+    (on the sim engine they say "No data": tests/e2e/test_console.py)."""
+    from tests.e2e.test_console import CHROMIUM, Traffic
+
+    require(Path(CHROMIUM).exists(), "chromium", "scripts/setup.d/40-chromium.sh")
+    playwright = pytest.importorskip("playwright.sync_api")
+    dash = json.loads(DASHBOARD.read_text())
+    native = {str(p["id"]) for p in dash["panels"]
+              if p["type"] == "timeseries" and "vllm:" in json.dumps(p.get("targets"))}
+    assert len(native) == 4
+    with Traffic(vllm_up.gateway), playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto(vllm_up.console + "/#dashboard")
+        page.wait_for_function("""(ids) => ids.every(id => {
+            const p = window.consoleState.panels[id];
+            if (!p || p.state !== "data") return false;
+            const v = new Set(p.series.filter(s => s.points >= 2).map(s => s.version));
+            return v.has("v1") && v.has("v2"); })""", arg=sorted(native), timeout=45000)
+        out = ROOT / "test-artifacts" / "console"
+        out.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out / "dashboard-vllm.png"), full_page=True)
+        browser.close()
