@@ -1,7 +1,11 @@
 """Pod churn (issue 10): three v2 pods, one stopped mid-window, one restarted with its counters
 at zero. The window's request and error counts must equal what the pods were sent, within one
 scrape's worth, read through a real Prometheus and by direct scraping. Summing raw counters
-and subtracting two polls (prometheus/prometheus#13903) is off by the departed pod's history."""
+and subtracting two polls (prometheus/prometheus#13903) is off by the departed pod's history.
+
+Each pod exposes the model server's own series and, as its Envoy sidecar would in the mesh,
+Istio's: the direct scrape (no gateway) reads the former, Prometheus the latter (the gateway
+series win when present); tests/e2e/test_rollout.py reads servers' series through Prometheus."""
 
 from __future__ import annotations
 
@@ -41,6 +45,12 @@ class Pod:
                                 registry=self.reg)
         self.latency = Histogram("vllm_request_latency_seconds", "latency", ["version", "model"],
                                  buckets=(0.1, 0.5, 1.0), registry=self.reg)
+        # What the pod's Envoy sidecar reports in the mesh (restarting with the pod).
+        istio = ["reporter", "destination_service_name", "destination_version"]
+        self.istio = Counter("istio_requests", "requests", [*istio, "response_code"],
+                             registry=self.reg)
+        self.istio_ms = Histogram("istio_request_duration_milliseconds", "latency", istio,
+                                  buckets=(100.0, 500.0, 1000.0), registry=self.reg)
         self.i = 0
         self.serve(history, count=False, errors=history // 100)
         self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.reg)
@@ -54,8 +64,12 @@ class Pod:
             for k in range(n):
                 failed = (k < errors) if errors is not None else (self.i % 10 in ERROR_EVERY)
                 self.i += 1
-                self.requests.labels(self.version, "m", "503" if failed else "200").inc()
+                code = "503" if failed else "200"
+                self.requests.labels(self.version, "m", code).inc()
                 self.latency.labels(self.version, "m").observe(0.3)
+                sidecar = ("destination", "vllm-service", self.version)
+                self.istio.labels(*sidecar, code).inc()
+                self.istio_ms.labels(*sidecar).observe(300.0)
                 if count:
                     self.sent[0] += 1
                     self.sent[1] += failed
@@ -224,6 +238,7 @@ def test_prometheus_counts_what_was_sent_through_churn(pods: dict[str, list[Pod]
     one_scrape = 3 * 20  # three pods at 20 requests/s each, scraped every 1 s
     assert abs(got[0] - requests) <= one_scrape, (got, requests, errors)
     assert abs(got[1] - errors) <= one_scrape * 0.3, (got, requests, errors)
+    assert last["v2"].histograms["latency"].bounds == [100.0, 500.0, 1000.0]  # Istio's, ms
     hist = last["v2"].histograms["latency"].count - first["v2"].histograms["latency"].count
     assert abs(hist - requests) <= one_scrape, (hist, requests)  # histograms: the same rule
     # Measured: 454-479 counted of 474-496 sent (errors 136-143 of 142-149); the

@@ -59,16 +59,18 @@ def _buckets(h: Histogram | None, scale: float = 1.0) -> dict[float, float]:
             float("inf"): h.count}
 
 
-def from_window(win: Snapshot, seconds: float) -> dict[str, dict[str, Any]]:
+def from_window(win: Snapshot, seconds: float,
+                latency_scale: float = 1.0) -> dict[str, dict[str, Any]]:
     """Per-version stats of one window (a Snapshot of increases) that lasted `seconds`:
-    rps, error_ratio, p50/p95/p99 of the gateway's latency (ms), TTFT p50 (ms)."""
+    rps, error_ratio, p50/p95/p99 latency (ms), TTFT p50 (ms). The latency histogram is the
+    gateway's (ms); `latency_scale` 1000 when it is the servers' own (seconds)."""
     out: dict[str, dict[str, Any]] = {}
     for version, st in sorted(win.items()):
         stats: dict[str, Any] = {
             "rps": st.requests / seconds if seconds else None,
             "error_ratio": st.errors / st.requests if st.requests else None,
         }
-        lat = _buckets(st.histograms.get("latency"))
+        lat = _buckets(st.histograms.get("latency"), latency_scale)
         for q in QUANTILES:
             stats[f"p{int(q * 100)}_ms"] = quantile(q, lat)
         stats["ttft_p50_ms"] = quantile(0.5, _buckets(st.histograms.get("ttft"), 1000.0))
@@ -83,7 +85,7 @@ def from_prometheus(url: str, seconds: float = PROMETHEUS_WINDOW_S) -> dict[str,
     parts = PrometheusSource(url).increase(seconds)
     has_traffic = any(n == "istio_requests_total" for n, _, _ in parts["gateway"])
     return from_window(to_snapshot(parts["gateway"] if has_traffic else None, parts["servers"]),
-                       seconds)
+                       seconds, 1.0 if has_traffic else 1000.0)
 
 
 def from_scrape(state: stackstate.StackState, seconds: float) -> dict[str, dict[str, Any]]:
@@ -98,7 +100,9 @@ def from_scrape(state: stackstate.StackState, seconds: float) -> dict[str, dict[
         after = source.snapshot()
     except OSError as exc:
         raise NotRunningError(f"cannot read metrics from the stack: {exc}") from None
-    return from_window(window(before, after, count_new=True), time.monotonic() - t0)
+    gateway = "gateway" in source.tracker.targets  # else the servers' own latency (s)
+    return from_window(window(before, after, count_new=True), time.monotonic() - t0,
+                       1.0 if gateway else 1000.0)
 
 
 def _fmt(value: Any, kind: str) -> str:
