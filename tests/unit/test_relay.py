@@ -121,6 +121,8 @@ class Fake:
                     await asyncio.wait_for(self.gate.wait(), 10)
                 if i == 0 and mode == "stall":
                     await asyncio.sleep(5)
+                if i == len(chunks) - 1 and mode == "hold-end":  # [DONE] sent, end held back
+                    await asyncio.wait_for(self.gate.wait(), 10)
                 if mode == "endless":
                     for _ in range(1000):
                         await resp.write(sse({"choices": [{"index": 0, "text": "x"}]})[0])
@@ -344,6 +346,26 @@ async def test_a_client_disconnect_cancels_the_upstream_request(front: Front,
     await asyncio.wait_for(fake.cancelled.wait(), 10)
     record = front.records(1)[0]
     assert record["status"] == 499 and record["error"] == "client disconnected"
+
+
+async def test_hanging_up_after_done_is_a_complete_answer(front: Front, fake: Fake) -> None:
+    """The openai client closes the connection once `data: [DONE]` came, maybe before the
+    chunked end: that answer was not cut short (200, not 499)."""
+    fake.mode = "hold-end"
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(front.url.rsplit(":", 1)[1]))
+    body = b'{"stream": true}'
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b"
+                 % (len(body), body))
+    await asyncio.wait_for(reader.readuntil(b"data: [DONE]\n\n"), 10)
+    writer.close()
+    labels = (("model", "real-model"), ("version", "v1"))
+    for _ in range(500):  # the front sees the hang-up on the event loop: let it run
+        if front.samples("vllm_requests_in_flight")[labels] == 0:
+            break
+        await asyncio.sleep(0.01)
+    record = front.records(1)[0]
+    assert (record["status"], record["error"]) == (200, None)
+    fake.gate.set()
 
 
 async def test_health_follows_the_engine_and_metrics_are_the_fronts_own(

@@ -116,10 +116,11 @@ class Observation:
     `tool_calls` ((choice, tool index) → {"name", "arguments": [pieces]}; `tool_call_list()`
     joins them), `usage` (the answer's own
     usage object, or None), `deltas` (token-bearing deltas seen), `first_token_at`, `error`
-    (an error the upstream reported in the stream, with `error_status`).
+    (an error the upstream reported in the stream, with `error_status`), `done` (the stream's
+    own end went by: a client may hang up then without having cut the answer short).
     """
 
-    __slots__ = ("_decoder", "_pieces", "deltas", "error", "error_status", "finish",
+    __slots__ = ("_decoder", "_pieces", "deltas", "done", "error", "error_status", "finish",
                  "first_token_at", "kind", "last_token_at", "on_gap", "response_id", "started",
                  "streamed", "tool_calls", "usage")
 
@@ -139,6 +140,7 @@ class Observation:
         self.error: str | None = None
         self.error_status: int | None = None
         self.streamed = False
+        self.done = False  # the stream's own end passed ([DONE], or the Responses API's last)
         self.response_id: str | None = None  # the answer's own `id`
 
     # -- a stream ------------------------------------------------------------------------------
@@ -156,6 +158,7 @@ class Observation:
 
     def _event(self, payload: bytes) -> None:
         if payload == b"[DONE]":
+            self.done = True
             return
         try:
             event = orjson.loads(payload)
@@ -225,6 +228,7 @@ class Observation:
             self._token(0)
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             self._responses_final(event.get("response") or {}, streamed=True)
+            self.done = True
         elif kind == "error":
             self._error(event)
 

@@ -321,8 +321,10 @@ class RelayFront:
             content_type = resp.headers.get("content-type", "")
             length = resp.content_length
             if content_type.startswith("text/event-stream"):
-                status = _piped_status(await self._pipe(inc, resp, headers, obs.feed), status)
+                flag = await self._pipe(inc, resp, headers, obs.feed)
                 obs.end()
+                if not (flag == "DC" and obs.done):  # hanging up after [DONE] is no cut
+                    status = _piped_status(flag, status)
                 if status == 200 and obs.error_status is not None:  # vLLM's in-band error
                     status, error = obs.error_status, obs.error
             elif length is not None and length <= OBSERVE_LIMIT and \
@@ -344,7 +346,8 @@ class RelayFront:
             status, error = exc.status, exc.message
             self._local(inc, exc)
         except asyncio.CancelledError:
-            status, error = CLIENT_CLOSED, "client disconnected"
+            if not obs.done:  # the openai client hangs up once [DONE] came: not a cut answer
+                status, error = CLIENT_CLOSED, "client disconnected"
             raise
         finally:
             metrics.in_flight.dec()
