@@ -242,7 +242,7 @@ function edgeLabel(e) {
   const parts = [`${e.rps.toFixed(2)} rps`,
     e.error_pct === null ? "– err" : `${e.error_pct.toFixed(1)}% err`];
   if (e.p95_ms !== null && e.p95_ms !== undefined) parts.push(`p95 ${fmt("ms", e.p95_ms)}`);
-  if (e.weight !== null && e.weight !== undefined) parts.push(`weight ${e.weight}%`);
+  if (e.weight !== null && e.weight !== undefined) parts.push(`weight ${+(+e.weight).toFixed(1)}%`);
   return parts.join("\n");
 }
 
@@ -300,7 +300,8 @@ async function refreshTopology() {
     `<td class="num">${e.error_pct === null || e.error_pct === undefined ? "–" :
       e.error_pct.toFixed(1) + "%"}</td><td class="num">${fmt("ms", e.p95_ms)}</td>` +
     `<td class="num">${e.kind === "mirror" ? e.percent + "% mirrored" :
-      (e.weight ?? "–") + (e.weight !== null && e.weight !== undefined ? "%" : "")}</td></tr>`);
+      (e.weight === null || e.weight === undefined ? "–" : +(+e.weight).toFixed(1) + "%")}` +
+    `</td></tr>`);
   $("#edges tbody").innerHTML = rows.join("");
 }
 
