@@ -7,6 +7,7 @@ Screenshots go to test-artifacts/console/ (git-ignored) for a person to look at.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -108,10 +109,18 @@ def traffic(stack: Stack) -> Iterator[Traffic]:
         yield t
 
 
+def sync_playwright() -> Any:
+    """Playwright's sync API; a missing install skips here and fails in CI (require)."""
+    require(importlib.util.find_spec("playwright") is not None, "playwright (Python)",
+            "pip install -e '.[dev]'")
+    from playwright.sync_api import sync_playwright as start
+
+    return start()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
         b.close()

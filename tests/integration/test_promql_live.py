@@ -338,15 +338,14 @@ def test_native_vllm_panels_return_both_versions(vllm_up: VllmUp):
 def test_native_panels_draw_v1_and_v2_in_the_console(vllm_up: VllmUp):
     """The console of that stack, in headless Chromium: vLLM's own panels draw both versions
     (on the sim engine they say "No data": tests/e2e/test_console.py)."""
-    from tests.e2e.test_console import CHROMIUM, Traffic
+    from tests.e2e.test_console import CHROMIUM, Traffic, sync_playwright
 
     require(Path(CHROMIUM).exists(), "chromium", "scripts/setup.d/40-chromium.sh")
-    playwright = pytest.importorskip("playwright.sync_api")
     dash = json.loads(DASHBOARD.read_text())
     native = {str(p["id"]) for p in dash["panels"]
               if p["type"] == "timeseries" and "vllm:" in json.dumps(p.get("targets"))}
     assert len(native) == 4
-    with Traffic(vllm_up.gateway), playwright.sync_playwright() as p:
+    with Traffic(vllm_up.gateway), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(vllm_up.console + "/#dashboard")
