@@ -276,6 +276,15 @@ def test_weights_and_abort_from_the_console(page: Any, stack: Stack) -> None:
     assert routes_json(stack)["weights"] == {"v1": 70, "v2": 30}
     page.wait_for_selector('#routes-table tr[data-route="canary"]')
     assert "v1 70" in page.inner_text('#routes-table tr[data-route="canary"]')
+    # One named route (the admin API's ?route=), here the only weighted one.
+    page.select_option("#weights-route", "canary")
+    page.fill('#weights-inputs input[name="v1"]', "60")
+    page.fill('#weights-inputs input[name="v2"]', "40")
+    page.click("#apply-weights")
+    page.wait_for_function("() => document.querySelector('#weights-msg').textContent"
+                           ".includes('\"v1\":60')", timeout=15000)
+    canary = next(r for r in routes_json(stack)["routes"] if r["name"] == "canary")
+    assert canary["weights"] == {"v1": 60, "v2": 40}
     shot(page, "routes")
     assert token not in page.content()
 

@@ -460,6 +460,15 @@ async function refreshRoutes() {
         `${r.weighted ? "%" : ""}`).join(" · ")}` +
       `</td><td>${esc(mirrors)}</td></tr>`;
   }).join("");
+  const sel = $("#weights-route");
+  const names = v.routes.filter((r) => r.weighted).map((r) => r.name);
+  if (sel.dataset.names !== names.join("|")) {
+    sel.dataset.names = names.join("|");
+    const keep = sel.value;
+    sel.innerHTML = `<option value="">every weighted route</option>` +
+      names.map((n) => `<option value="${esc(n)}">${esc(n)}</option>`).join("");
+    sel.value = names.includes(keep) ? keep : "";
+  }
   const form = $("#weights-inputs");
   const keys = Object.keys(v.weights);
   const focused = form.contains(document.activeElement);
@@ -489,7 +498,9 @@ async function applyWeights(ev) {
   const weights = {};
   for (const inp of $("#weights-inputs").querySelectorAll("input")) weights[inp.name] = +inp.value;
   try {
-    const r = await api("/api/weights", {method: "PUT", body: {weights}});
+    const route = $("#weights-route").value;
+    const r = await api("/api/weights", {method: "PUT",
+      body: route ? {weights, route} : {weights}});
     $("#weights-msg").textContent = `applied: ${JSON.stringify(r.weights)} (generation ${r.generation})`;
     delete $("#weights-inputs").dataset.dirty;
   } catch (e) {
