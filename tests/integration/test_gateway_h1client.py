@@ -126,3 +126,38 @@ async def test_reads_of_one_whole_chunk_and_reads_that_are_not() -> None:
     bad.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     bad.data_received(b"zz\r\nabc\r\n")  # not a hex size: the general parser refuses it
     assert isinstance(bad.error, Reset)
+
+
+async def test_a_sink_gets_each_read_at_once_until_it_is_full() -> None:
+    """With a sink (the relay's pipe), what one read completes goes out in one call; a sink
+    that is full hands the next pieces back to `next_chunk`, in order; a failing one makes
+    `next_chunk` raise its error."""
+    from vllm_canary.gateway.h1client import Response, _Conn
+
+    conn = _Conn(Pool("127.0.0.1", 1))
+    head = conn.start(head_only=False)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    resp = Response(conn, *(await head), idle_timeout=None)
+    got: list[bytes] = []
+    room = [True, True, False]
+    assert resp.set_sink(lambda piece: got.append(piece) or room.pop(0))
+    conn.data_received(b"1\r\na\r\n")  # one chunk, one read
+    conn.data_received(b"1\r\nb\r\n2\r\ncd\r\n3\r\nef")  # two and a part: one call
+    conn.data_received(b"g\r\n1\r\nh\r\n")  # the sink is full after this one
+    conn.data_received(b"1\r\ni\r\n0\r\n\r\n")
+    assert got == [b"a", b"bcdef", b"gh"]
+    assert [await resp.next_chunk(), await resp.next_chunk()] == [b"i", None]
+
+    failing = _Conn(Pool("127.0.0.1", 1))
+    head = failing.start(head_only=False)
+    failing.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    resp = Response(failing, *(await head), idle_timeout=None)
+
+    def gone(piece: bytes) -> bool:
+        raise ConnectionResetError("client closed the connection")
+
+    assert resp.set_sink(gone)
+    failing.data_received(b"abcd")
+    with pytest.raises(ConnectionResetError):
+        await resp.next_chunk()
+    assert not Response(_Conn(Pool("127.0.0.1", 1)), 200, resp.headers, 5.0).set_sink(gone)

@@ -111,6 +111,12 @@ class Fake:
             return web.json_response(TOOL_ANSWER)
         if mode == "slow-head":
             await asyncio.sleep(5)
+        if mode == "big":  # 8 MiB as fast as the relay takes them
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            for i in range(2048):
+                await resp.write(b"data: %06d %s\n\n" % (i, b"x" * 4080))
+            return resp
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         chunks = {"tools-stream": TOOL_STREAM}.get(mode, TEXT_STREAM)
@@ -346,6 +352,19 @@ async def test_a_client_disconnect_cancels_the_upstream_request(front: Front,
     await asyncio.wait_for(fake.cancelled.wait(), 10)
     record = front.records(1)[0]
     assert record["status"] == 499 and record["error"] == "client disconnected"
+
+
+async def test_a_slow_client_gets_every_byte_in_order(front: Front, fake: Fake) -> None:
+    """Back-pressure: the client reads nothing for a while, then all; the relay holds the
+    upstream back meanwhile instead of buffering without bound or dropping."""
+    fake.mode = "big"
+    async with aiohttp.ClientSession() as session, \
+            session.post(front.url + "/v1/completions", data=b'{"stream": true}') as resp:
+        await asyncio.sleep(0.5)  # aiohttp stops reading the socket once its buffer is full
+        raw = await asyncio.wait_for(resp.content.read(), 30)
+    events = [line for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert [int(e[6:12]) for e in events] == list(range(2048))
+    assert all(len(e) == 6 + 7 + 4080 for e in events)
 
 
 async def test_hanging_up_after_done_is_a_complete_answer(front: Front, fake: Fake) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from multidict import CIMultiDict
 
@@ -55,6 +55,10 @@ class _Conn(asyncio.Protocol):
         self.head_only = False
         self.last = time.monotonic()  # when the upstream last sent bytes (Response.idle_for)
         self.reused = False  # taken from the pool's idle list
+        # Body pieces go straight to the sink while it takes them (Response.set_sink), with no
+        # wake-up of the reader per piece; it returns False when it cannot take more now.
+        self.sink: Callable[[bytes], bool] | None = None
+        self.batch: list[bytes] | None = None  # pieces of one read, for one sink call
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -73,10 +77,17 @@ class _Conn(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    def _wake_reader(self) -> None:
+        """Wake the reader when it has something to do: a piece queued (no sink), the end, or
+        an error."""
+        if self.sink is None or self.mode == "done" or self.error is not None:
+            self._wake()
+
     def start(self, head_only: bool) -> asyncio.Future[tuple[int, CIMultiDict[str]]]:
         self.head = asyncio.get_running_loop().create_future()
         self.head_only, self.mode, self.need_crlf, self.error = head_only, "head", False, None
         self.buf.clear()
+        self.sink = None
         self.last = time.monotonic()
         return self.head
 
@@ -86,15 +97,22 @@ class _Conn(asyncio.Protocol):
                 not self.need_crlf and self._one_chunk(data):
             return
         self.buf += data
+        if self.sink is not None:
+            self.batch = []  # what this read completes goes to the sink at once (one write)
         try:
-            self._parse()
+            try:
+                self._parse()
+            finally:
+                batch, self.batch = self.batch, None
+            if batch:
+                self._emit(batch[0] if len(batch) == 1 else b"".join(batch))
         except (ValueError, IndexError):
             self.error = Reset("upstream sent a malformed answer")
             if self.head is not None and not self.head.done():
                 self.head.set_exception(self.error)
             if self.transport is not None:
                 self.transport.close()
-        self._wake()
+        self._wake_reader()
         if self.queued > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -116,16 +134,30 @@ class _Conn(asyncio.Protocol):
         if size == 0 or len(data) != end + 4 + size:
             return False
         self._emit(data[end + 2:-2])
-        self._wake()
+        self._wake_reader()
         if self.queued > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         return True
 
     def _emit(self, data: bytes | bytearray) -> None:
-        if data:
-            self.chunks.append(bytes(data))
-            self.queued += len(data)
+        if not data:
+            return
+        sink = self.sink
+        if sink is not None and not self.chunks:
+            if self.batch is not None:
+                self.batch.append(bytes(data))
+                return
+            try:
+                if sink(bytes(data)):
+                    return
+            except Exception as exc:  # e.g. the client went away: the reader raises it
+                self.error = exc
+            self.sink = None  # full (the piece was taken) or failed: the reader takes over
+            self._wake()
+            return
+        self.chunks.append(bytes(data))
+        self.queued += len(data)
 
     def _parse(self) -> None:
         while self.buf:
@@ -202,10 +234,10 @@ class _Conn(asyncio.Protocol):
     async def next_chunk(self, idle_timeout: float | None) -> bytes | None:
         """The next body bytes, or None at the end of the answer."""
         while not self.chunks:
+            if self.error is not None:  # first: a sink may have failed on the last piece
+                raise self.error
             if self.mode == "done":
                 return None
-            if self.error is not None:
-                raise self.error
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self.waiter, idle_timeout)
@@ -255,6 +287,18 @@ class Response:
         conn = self._conn
         return conn is not None and conn.mode == "done" and not conn.chunks
 
+    def set_sink(self, sink: Callable[[bytes], bool]) -> bool:
+        """From now on hand body pieces to `sink` as they are parsed (in the protocol's
+        callback: no task wake-up per piece) until it returns False (it took that piece but
+        cannot take more now) or raises (`next_chunk` then raises that). `next_chunk` returns
+        None at the end as before, and queued pieces again once the sink stepped back.
+        Only without an idle timeout (whose timer would not see the pieces); False then."""
+        conn = self._conn
+        if conn is None or self.idle_timeout is not None or conn.chunks or conn.mode == "done":
+            return False
+        conn.sink = sink
+        return True
+
     def idle_for(self, now: float) -> float:
         """Seconds since the upstream last sent bytes (`now` from time.monotonic())."""
         return 0.0 if self._conn is None else now - self._conn.last
@@ -289,6 +333,7 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        conn.sink = None
         if conn.mode == "done" and conn.keep_alive and not conn.closed and not conn.chunks:
             conn.pool.put(conn)
         elif conn.transport is not None:

@@ -154,6 +154,17 @@ class Incoming:
         if conn.drain is not None:
             await conn.drain
 
+    def write_nowait(self, data: bytes) -> bool:
+        """One body piece, on the wire now, without waiting: False when the client's socket
+        is full (wait with `write` before the next). Raises ConnectionResetError when the
+        client has gone."""
+        if self.head_only or not data:
+            return True
+        if self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.conn.write(data)
+        return self.conn.drain is None
+
     def end(self, last: bytes = b"") -> None:
         """A clean end of the answer (the last chunk when chunked), after `last`, the final
         body piece, in the same write (one system call fewer per answer)."""

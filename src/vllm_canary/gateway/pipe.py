@@ -32,6 +32,10 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
     """Answer `request` with `resp`'s status, `headers` and body, each chunk written as it
     arrives (with back-pressure) and shown to `on_chunk` first.
 
+    Pieces go from the upstream's socket to the client's in the read callback, with no task
+    switch, while the client keeps up (h1client `set_sink`); a full client socket hands them
+    back to the loop below, which waits (back-pressure).
+
     Returns "" on a clean end, "UC" when the upstream broke mid-answer, "SI" when it stayed
     silent past the pool's `idle_timeout` or "UT" past the caller's (`Response.expire`), and "DC"
     when the client went away (Envoy's flags); in all but the first
@@ -49,7 +53,19 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
                             resp.content_length if request.head_only else None)
             return ""
         request.start(resp.status, headers, resp.content_length)
-        while (chunk := await resp.next_chunk()) is not None:
+
+        def sink(chunk: bytes) -> bool:  # straight from the upstream's read to the client's
+            if on_chunk is not None:
+                on_chunk(chunk)
+            return request.write_nowait(chunk)
+
+        while True:
+            # Whenever nothing is queued the sink takes over again; not where an idle timer
+            # must see each piece (the gateway's pools): there this loop does it all.
+            resp.set_sink(sink)
+            chunk = await resp.next_chunk()
+            if chunk is None:
+                break
             if on_chunk is not None:
                 on_chunk(chunk)
             if resp.complete:  # the last piece: written with the end, in one write
@@ -57,6 +73,8 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
                 request.end(chunk)
                 return ""
             await request.write(chunk)
+        resp.release()
+        request.end()
     except TimeoutError:  # the pool's idle timeout (an OSError: caught first)
         resp.close()
         request.abort()
@@ -70,6 +88,4 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
     except BaseException:
         resp.close()
         raise
-    resp.release()
-    request.end()
     return ""
