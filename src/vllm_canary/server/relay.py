@@ -15,7 +15,13 @@ with `jq -r .text`. It answers itself only: `/health` (ready when the engine is)
 (its own series), 400 for a body that is not a JSON object on the generation routes, 413 for
 an oversized body, 502 for an unreachable upstream, 504 for a silent one (after
 `--upstream-timeout` seconds), 503 while not ready; all with OpenAI-style error bodies.
-A client that disconnects cancels the upstream request (logged as 499).
+A client that disconnects cancels the upstream request (logged as 499; not once the stream's
+own end went by, which the openai client hangs up after).
+
+Observed on the side: `vllm_requests_total`, latency, prompt and generation tokens (from
+`usage`, else counted by deltas: server/observe.py), and, from streamed answers only (a whole
+answer shows no first token), time to first token and the gaps between tokens; every relayed
+request in `vllm_api_requests_total{endpoint,status}`; the request log for generation routes.
 """
 
 from __future__ import annotations
