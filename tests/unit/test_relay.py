@@ -183,7 +183,7 @@ async def start_front(tmp_path: Path) -> AsyncIterator[Any]:
         relay = RelayFront(s, UpstreamEngine(url, health_interval=60),
                            request_log=RequestLog(log_dir, "v1"))
         await relay.start()
-        server = await listen(relay.handle, "127.0.0.1", 0, s.max_body_bytes)
+        server = await listen(relay.handle, "127.0.0.1", 0, s.max_body_bytes, "v1")
         made.append((relay, server))
         return Front(relay, f"http://127.0.0.1:{server.port}", log_dir)
 
@@ -308,6 +308,16 @@ async def test_an_oversized_body_is_a_413(front: Front, fake: Fake) -> None:
                                          b'{"prompt": "' + b"x" * 5000 + b'"}')
     assert status == 413 and json.loads(raw)["error"]["code"] == "request_too_large"
     assert headers["x-model-version"] == "v1" and fake.seen == []
+
+
+async def test_malformed_http_is_a_json_400_with_the_version_header(front: Front) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(front.url.rsplit(":", 1)[1]))
+    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"x-model-version: v1" in head.lower()
+    assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
 
 
 async def test_an_unreachable_upstream_is_a_502(fake: Fake, start_front: Any) -> None:

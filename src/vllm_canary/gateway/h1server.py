@@ -192,8 +192,10 @@ class _Rejected(Exception):
 class _Conn(asyncio.Protocol):
     """One client connection: parser callbacks, the request queue and the write side."""
 
-    def __init__(self, handler: Handler, max_body: int, conns: set[_Conn]) -> None:
+    def __init__(self, handler: Handler, max_body: int, conns: set[_Conn],
+                 error_headers: Mapping[str, str] = JSON_HEADERS) -> None:
         self.handler, self.max_body, self.conns = handler, max_body, conns
+        self.error_headers = error_headers  # of the answers this front gives itself
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.remote = self.local = "127.0.0.1"
@@ -356,7 +358,7 @@ class _Conn(asyncio.Protocol):
         inc = Incoming(self, "GET", "/", "1.1", [], False)
         if self.task is None:
             if not self.closed:
-                inc.respond(status, JSON_HEADERS, error_body(status, message, code))
+                inc.respond(status, self.error_headers, error_body(status, message, code))
             self.close()
         else:  # answer the requests already parsed, then close
             self.queue.clear()
@@ -394,7 +396,7 @@ class _Conn(asyncio.Protocol):
                 log.exception("gateway handler failed on %s %s", inc.method, inc.target)
                 if not inc.started and not self.closed:
                     inc.keep_alive = False
-                    inc.respond(500, JSON_HEADERS, error_body(500, "internal gateway error",
+                    inc.respond(500, self.error_headers, error_body(500, "internal gateway error",
                                                               "internal"))
                 inc.done = False
             if self.closed:
@@ -417,8 +419,11 @@ class _Conn(asyncio.Protocol):
 class H1Server:
     """Listens on host:port; each request goes to `handler`, which answers through it."""
 
-    def __init__(self, handler: Handler, max_body: int) -> None:
-        self.handler, self.max_body = handler, max_body
+    def __init__(self, handler: Handler, max_body: int,
+                 error_headers: Mapping[str, str] = JSON_HEADERS) -> None:
+        """`error_headers`: of the errors the server answers itself (malformed HTTP, 431, 408,
+        500), e.g. the model server's `x-model-version` beside the JSON content type."""
+        self.handler, self.max_body, self.error_headers = handler, max_body, error_headers
         self.conns: set[_Conn] = set()
         self.server: asyncio.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -427,7 +432,7 @@ class H1Server:
     async def start(self, host: str, port: int, backlog: int = 1024) -> H1Server:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: _Conn(self.handler, self.max_body, self.conns), host, port,
+            lambda: _Conn(self.handler, self.max_body, self.conns, self.error_headers), host, port,
             reuse_address=True, backlog=backlog)
         self.port = int(self.server.sockets[0].getsockname()[1])
         self._reaper = asyncio.create_task(self._reap_idle())

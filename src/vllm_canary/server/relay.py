@@ -43,7 +43,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from vllm_canary.errors import UserError
 from vllm_canary.gateway.h1client import ConnectFailure, Pool, Response, Silent, UpstreamError
-from vllm_canary.gateway.h1server import H1Server, Incoming
+from vllm_canary.gateway.h1server import JSON_HEADERS, H1Server, Incoming
 from vllm_canary.gateway.pipe import forwardable, pipe
 from vllm_canary.server.api import ApiError, decode_json
 from vllm_canary.server.engines.upstream import Relayed
@@ -441,10 +441,13 @@ def _piped_status(flag: str, status: int) -> int:
     return {"": status, "UC": 502, "UT": 504, "SI": 504, "DC": CLIENT_CLOSED}[flag]
 
 
-async def listen(handler: Any, host: str, port: int, max_body: int) -> H1Server:
-    """An H1Server for `handler` on host:port; a port in use is a one-line UserError."""
+async def listen(handler: Any, host: str, port: int, max_body: int,
+                 version: str | None = None) -> H1Server:
+    """An H1Server for `handler` on host:port (its own error answers stamped with
+    `x-model-version: version`); a port in use is a one-line UserError."""
+    headers = {**JSON_HEADERS, "x-model-version": version} if version else JSON_HEADERS
     try:
-        return await H1Server(handler, max_body).start(host, port)
+        return await H1Server(handler, max_body, headers).start(host, port)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise UserError(f"cannot listen on {host}:{port}: {reason.lower()}") from None

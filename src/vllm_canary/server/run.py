@@ -88,10 +88,10 @@ async def _serve_relay(settings: ServeSettings, engine: Any, request_log: Reques
     try:
         await front.start()
         servers.append(await listen(front.handle, settings.host, settings.port,
-                                    settings.max_body_bytes))
+                                    settings.max_body_bytes, settings.version))
         if settings.metrics_port:
             servers.append(await listen(front.handle_metrics, settings.host,
-                                        settings.metrics_port, 1024))
+                                        settings.metrics_port, 1024, settings.version))
         _announce(settings, engine, front.model)
         engine_died = await _until_stopped(engine, settings)
         front.draining = True
