@@ -5,8 +5,7 @@ two identical requests (`id`, `created` and the other generated ids; checked her
 each request to vLLM twice). The front's only documented addition, the top-level `text` of a
 non-streamed completion, is checked and then set aside.
 
-One vLLM serves the whole session (tests/fixtures/vllm.py); this module sorts before
-test_engine_vllm.py, whose last test ends that server.
+One vLLM serves the whole session (tests/fixtures/vllm.py); the test that ends it runs last.
 """
 
 from __future__ import annotations

@@ -130,8 +130,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.ends_shared_vllm
 def test_serve_exits_non_zero_when_vllm_dies(vllm_server: Any) -> None:
-    """Runs last: it ends the module's server."""
+    """Runs last in the session (the marker): it ends the shared server."""
     serve = vllm_server.server.proc
     (child,) = _children(serve.pid)
     os.kill(child, signal.SIGKILL)
