@@ -357,16 +357,17 @@ class RelayFront:
             raise
         finally:
             metrics.in_flight.dec()
-            self._record(inc, kind, data, obs, status, error, time.perf_counter() - started)
+            self._record(inc, kind, data, obs, status, error, time.perf_counter() - started,
+                         shadow)
 
     # -- metrics and the request log -------------------------------------------------------------
     def _record(self, inc: Incoming, kind: str, data: dict[str, Any] | None, obs: Observation,
-                status: int, error: str | None, elapsed: float) -> None:
+                status: int, error: str | None, elapsed: float,
+                shadow: bool = False) -> None:
         metrics = self.metrics
         assert metrics is not None
         ttft = obs.ttft()
         prompt_tokens, completion_tokens = obs.prompt_tokens(), obs.completion_tokens()
-        shadow = is_shadow(inc.lower)
         if shadow and self.shadow_metrics is not None:
             self.shadow_metrics.record(status, elapsed, ttft, prompt_tokens, completion_tokens)
         else:
