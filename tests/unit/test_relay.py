@@ -408,9 +408,13 @@ async def test_health_follows_the_engine_and_metrics_are_the_fronts_own(
     await front.relay.engine.probe()  # type: ignore[attr-defined]
     status, _, raw = await request("GET", front.url + "/health")
     assert status == 503 and json.loads(raw)["status"] == "starting"
+    # Unready by its probe, an upstream is still tried: its own answer (or a 502) comes back.
+    status, _, _ = await request("POST", front.url + "/v1/completions", b"{}")
+    assert status == 200 and len(fake.seen) == 1
+    front.relay.draining = True
     status, _, raw = await request("POST", front.url + "/v1/completions", b"{}")
     assert status == 503 and json.loads(raw)["error"]["code"] == "not_ready"
-    assert fake.seen == []
+    assert len(fake.seen) == 1
 
 
 # -- observed on the side ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,10 @@ async def test_ready_once_the_child_answers_and_requests_are_relayed(
     await front.start()  # starts the engine
     server = await listen(front.handle, "127.0.0.1", 0, 4096)
     try:
+        assert not engine.ready()  # the child is still starting: the front answers itself
+        with pytest.raises(urllib.error.HTTPError) as info:
+            await asyncio.to_thread(_post, f"http://127.0.0.1:{server.port}/v1/completions")
+        assert info.value.code == 503
         await engine.wait_ready(60)
         assert engine.model_names() == ["tiny-test"]
         assert http_ok(f"{engine.base_url}/health")

@@ -14,7 +14,8 @@ What it does to an answer: `x-model-version` on every response, and a top-level 
 with `jq -r .text`. It answers itself only: `/health` (ready when the engine is), `/metrics`
 (its own series), 400 for a body that is not a JSON object on the generation routes, 413 for
 an oversized body, 502 for an unreachable upstream, 504 for a silent one (after
-`--upstream-timeout` seconds), 503 while not ready; all with OpenAI-style error bodies.
+`--upstream-timeout` seconds), 503 while draining or while vLLM's child is still loading;
+all with OpenAI-style error bodies.
 A client that disconnects cancels the upstream request (logged as 499; not once the stream's
 own end went by, which the openai client hangs up after).
 
@@ -193,7 +194,9 @@ class RelayFront:
         if inc.too_large:
             return ApiError(413, f"request body exceeds {self.settings.max_body_bytes} bytes",
                             code="request_too_large")
-        if not self._ready():
+        # Draining, or a vLLM child still loading: 503. An `upstream` that its probe found
+        # down is still tried: its own answer, or 502 when it cannot be reached.
+        if self.draining or (not self.engine.ready() and getattr(self.engine, "gate", False)):
             return ApiError(503, "the model server is not ready; retry shortly",
                             "server_error", code="not_ready")
         return None

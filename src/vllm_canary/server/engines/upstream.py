@@ -55,6 +55,7 @@ class UpstreamEngine:
     """An OpenAI-compatible server at `base_url`, probed every `health_interval` seconds."""
 
     name = "upstream"
+    gate = False  # relayed even when the probe finds it down: its answer, or a 502
 
     def __init__(self, base_url: str, *, model_name: str | None = None,
                  health_interval: float = 2.0) -> None:

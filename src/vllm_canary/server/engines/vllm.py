@@ -75,6 +75,7 @@ class VllmEngine:
     """Start, supervise and front one vLLM OpenAI server child process."""
 
     name = "vllm"
+    gate = True  # requests before the child is ready are a 503 at the front, not relayed
 
     def __init__(
         self,
