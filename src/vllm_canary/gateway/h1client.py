@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from multidict import CIMultiDict
 
 HIGH_WATER = 1 << 20
+MAX_HEAD = 60 * 1024  # an answer's status line and headers (Envoy's max_response_headers_kb)
+MAX_HEADERS = 100  # Envoy's max_headers_count
 
 
 class UpstreamError(Exception):
@@ -28,6 +30,11 @@ class ConnectFailure(UpstreamError):
 
 class Reset(UpstreamError):
     """The connection broke (Envoy: UC)."""
+
+
+class ProtocolError(Reset):
+    """The answer is not HTTP/1.1, or its head is over MAX_HEAD bytes or MAX_HEADERS headers
+    (Envoy: 502, flag UPE). A Reset, so callers that only know Reset treat it as one."""
 
 
 class Silent(UpstreamError):
@@ -106,8 +113,9 @@ class _Conn(asyncio.Protocol):
                 batch, self.batch = self.batch, None
             if batch:
                 self._emit(batch[0] if len(batch) == 1 else b"".join(batch))
-        except (ValueError, IndexError):
-            self.error = Reset("upstream sent a malformed answer")
+        except (ProtocolError, ValueError, IndexError) as exc:
+            self.error = exc if isinstance(exc, ProtocolError) else \
+                ProtocolError("upstream sent a malformed answer")
             if self.head is not None and not self.head.done():
                 self.head.set_exception(self.error)
             if self.transport is not None:
@@ -163,9 +171,13 @@ class _Conn(asyncio.Protocol):
         while self.buf:
             if self.mode == "head":
                 end = self.buf.find(b"\r\n\r\n")
-                if end < 0:
+                if end < 0 and len(self.buf) <= MAX_HEAD:
                     return
+                if end < 0 or end > MAX_HEAD:  # what the gateway's front takes from a client
+                    raise ProtocolError(f"upstream answer head over {MAX_HEAD} bytes")
                 lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+                if len(lines) > MAX_HEADERS + 1:
+                    raise ProtocolError(f"upstream answer with over {MAX_HEADERS} headers")
                 del self.buf[:end + 4]
                 status = int(lines[0].split(" ", 2)[1])
                 if 100 <= status < 200:

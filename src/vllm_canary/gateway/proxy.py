@@ -3,7 +3,7 @@
 Fault injection, retries (only before anything went downstream), per-try and route timeouts,
 a stream idle timeout, header manipulation, fire-and-forget mirrors, SSE passed through chunk by
 chunk, and a client disconnect that cancels the upstream request. Every request is recorded in
-Istio telemetry with Envoy's response flags (UH, UF, UC, UT, SI, URX, DC, NR, FI, DI).
+Istio telemetry with Envoy's response flags (UH, UF, UC, UPE, UT, SI, URX, DC, NR, FI, DI).
 
 Timeouts (all asyncio timers around the h1client calls):
 - route `timeout` (Istio; none by default): the whole request, 504 and UT, or a cut stream;
@@ -32,7 +32,13 @@ import aiohttp
 from multidict import CIMultiDict
 
 from vllm_canary.gateway.endpoints import Endpoint, Endpoints
-from vllm_canary.gateway.h1client import ConnectFailure, Pool, Response, UpstreamError
+from vllm_canary.gateway.h1client import (
+    ConnectFailure,
+    Pool,
+    ProtocolError,
+    Response,
+    UpstreamError,
+)
 from vllm_canary.gateway.h1server import (
     JSON_HEADERS,
     MAX_HEAD,
@@ -313,6 +319,8 @@ class Proxy:
                            f"{self.idle_timeout:g}s (--stream-idle-timeout)", frozenset())
         except ConnectFailure:
             return Failure("UF", 503, RESET_MSG + "connection failure", CONNECT_FAILURE)
+        except ProtocolError as exc:  # Envoy: 502 "protocol error", UPE (istio/istio#36711)
+            return Failure("UPE", 502, f"{RESET_MSG}protocol error ({exc})", RESET)
         except (UpstreamError, OSError, ValueError):
             return Failure("UC", 503, RESET_MSG + "connection termination", RESET)
         finally:

@@ -20,7 +20,7 @@ SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
 
 # Envoy prints response flags in this order (access logs, Istio's response_flags label).
 FLAG_ORDER = ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "URX", "NR", "DI", "FI", "RL", "DC",
-              "SI")
+              "SI", "UPE")
 
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_app", "source_version",
