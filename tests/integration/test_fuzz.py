@@ -1,6 +1,6 @@
 """A fuzzing campaign, as a hostile client would run it, against `serve` (sim engine) and the
-`gateway` in front of it (real processes; the raw catalogue also against its admin API): seeded hypothesis JSON shapes for both endpoints
-plus a catalogue of malformed HTTP on raw sockets.
+`gateway` in front of it (real processes): seeded hypothesis JSON shapes for both endpoints
+plus a catalogue of malformed HTTP on raw sockets (also sent to the gateway's admin API).
 
 Asserted over every request: no 5xx (a client's mistake is a 4xx), no hang (a 10 s socket
 timeout), every error an OpenAI-style JSON body, no traceback in either server's log, and a
