@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from vllm_canary.server import jsonlimits
@@ -45,3 +47,12 @@ def test_depth_is_counted_without_recursion() -> None:
     wide = b"[" + b",".join([b"[1]"] * 100_000) + b"]"  # many brackets, depth 2
     assert len(jsonlimits.loads(wide)) == 100_000
     assert jsonlimits._deeper_than([[[]]], 2) and not jsonlimits._deeper_than([[[]]], 3)
+
+
+def test_a_rejected_body_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vllm_canary.server")
+    with pytest.raises(ApiError):
+        decode_json(b'{"prompt":"\\ud800"}')
+    [record] = caplog.records
+    assert record.levelno == logging.INFO and "not valid JSON" in record.getMessage()
+    assert record.exc_info is None

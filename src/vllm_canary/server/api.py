@@ -9,6 +9,7 @@ checked under vLLM's rules (each rule's source is named where it is applied).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +26,8 @@ from vllm_canary.server.requestmodels import (
     ResponseFormat,
     SamplingBody,
 )
+
+_log = logging.getLogger("vllm_canary.server")
 
 
 class ApiError(EngineError):
@@ -98,17 +101,20 @@ def decode_json(raw: bytes) -> dict[str, Any]:
 
     Decoded under server/jsonlimits.py's rules (strict UTF-8, no lone surrogates, no NaN, a
     number must fit a double, nesting at most 64 deep): any other body is a 400 ApiError
-    with code `invalid_json`, never an exception of another type."""
+    with code `invalid_json`, never an exception of another type, and one INFO log line."""
     if not raw.strip():
-        raise ApiError(400, "request body is empty; send a JSON object", code="invalid_json")
-    try:
-        data = jsonlimits.loads(raw)
-    except jsonlimits.JsonLimitError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}",
-                       code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
-    return data
+        problem = "request body is empty; send a JSON object"
+    else:
+        try:
+            data = jsonlimits.loads(raw)
+        except jsonlimits.JsonLimitError as exc:
+            problem = f"request body is not valid JSON: {exc}"
+        else:
+            if isinstance(data, dict):
+                return data
+            problem = "request body must be a JSON object"
+    _log.info("rejected a request body (%d bytes): %s", len(raw), problem)
+    raise ApiError(400, problem, code="invalid_json")
 
 
 def _validation_error(exc: ValidationError) -> ApiError:
