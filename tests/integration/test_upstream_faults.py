@@ -189,6 +189,33 @@ async def test_stall_mid_stream_cuts_the_stream_with_flag_si(
     assert sample(gw, "istio_requests_total", response_flags="SI", response_code="200") == 1
 
 
+async def bad_chunk_mid_stream(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                 b"transfer-encoding: chunked\r\n\r\n" + b"e\r\ndata: {\"i\":0}\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(b"\r\nzz-not-a-size\r\n")
+    await writer.drain()
+    await asyncio.sleep(3600)
+
+
+async def test_garbage_mid_stream_cuts_the_stream_with_flag_upe(
+        start_gateway: StartGateway, fault_server: Callable[[Behaviour], Awaitable[int]]
+) -> None:
+    port = await fault_server(bad_chunk_mid_stream)
+    gw = await start_gateway(_vs(), upstream=[f"v1=http://127.0.0.1:{port}"], health_path="",
+                             stream_idle_timeout=IDLE)
+    async with aiohttp.ClientSession() as s, s.post(gw.url() + "/v1/completions",
+                                                    data=b'{"prompt":"x","stream":true}') as r:
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(r.read(), 10)
+    await wait_for_sample(gw, "istio_requests_total", response_flags="UPE")
+    assert sample(gw, "istio_requests_total", response_flags="UPE", response_code="200") == 1
+
+
 async def test_route_timeout_is_ut_before_the_idle_timeout(
         start_gateway: StartGateway, fault_server: Callable[[Behaviour], Awaitable[int]]
 ) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from multidict import CIMultiDict
 
-from vllm_canary.gateway.h1client import Response, Silent, UpstreamError
+from vllm_canary.gateway.h1client import ProtocolError, Response, Silent, UpstreamError
 from vllm_canary.gateway.h1server import Incoming
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the framing a hop recomputes (content-length).
@@ -36,7 +36,8 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
     switch, while the client keeps up (h1client `set_sink`); a full client socket hands them
     back to the loop below, which waits (back-pressure).
 
-    Returns "" on a clean end, "UC" when the upstream broke mid-answer, "SI" when it stayed
+    Returns "" on a clean end, "UC" when the upstream broke mid-answer ("UPE" when what it
+    sent was not HTTP/1.1, e.g. a bad chunk size), "SI" when it stayed
     silent past the pool's `idle_timeout` or "UT" past the caller's (`Response.expire`), and "DC"
     when the client went away (Envoy's flags); in all but the first
     the client's connection is cut, so it sees a truncated answer, never a clean end. The
@@ -83,7 +84,8 @@ async def pipe(request: Incoming, resp: Response, headers: Mapping[str, str],
         resp.close()
         request.abort()
         if isinstance(exc, UpstreamError):
-            return "UT" if isinstance(exc, Silent) else "UC"
+            return "UT" if isinstance(exc, Silent) else \
+                "UPE" if isinstance(exc, ProtocolError) else "UC"
         return "DC"
     except BaseException:
         resp.close()

@@ -442,7 +442,7 @@ def _request_text(kind: str, data: dict[str, Any]) -> dict[str, Any]:
 
 def _piped_status(flag: str, status: int) -> int:
     """The status to count for a piped answer: the upstream's, unless it broke off."""
-    return {"": status, "UC": 502, "UT": 504, "SI": 504, "DC": CLIENT_CLOSED}[flag]
+    return {"": status, "UC": 502, "UPE": 502, "UT": 504, "SI": 504, "DC": CLIENT_CLOSED}[flag]
 
 
 async def listen(handler: Any, host: str, port: int, max_body: int,
