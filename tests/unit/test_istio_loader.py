@@ -65,7 +65,7 @@ BAD = [
     (
         "regex RE2 cannot run",
         lambda vs, dr: vs["http"][0]["match"][0]["headers"].update({"x": {"regex": "(?=a)b"}}),
-        "lookaround",
+        "spec.http[0].match[0].headers.x.regex: does not compile as RE2",
     ),
     (
         "subset missing from the DestinationRule",

@@ -328,3 +328,17 @@ def test_packaged_default_routes() -> None:
     rng = random.Random(2)
     counts = Counter(decide(t, req(), rng).destination.subset for _ in range(2_000))
     assert 130 <= counts["v2"] <= 270
+
+
+def test_header_regex_runs_in_linear_time_as_envoys_re2() -> None:
+    """Envoy runs `regex` with RE2 (safe_regex), which never backtracks. Python's `re` takes
+    exponential time on (a+)+$ against a run of a's that does not match: with it, this 50 KB
+    header would stall the gateway (and this test would hit its timeout) instead of failing
+    the match at once."""
+    t = table(f"""
+  - match: [{{headers: {{x-user: {{regex: "(a+)+$"}}}}}}]
+    route: [{to('v2')}]
+  - route: [{to('v1')}]
+""")
+    assert decide(t, req(x_user="a" * 50_000 + "!"), random.Random(0)).destination.subset == "v1"
+    assert decide(t, req(x_user="a" * 50_000), random.Random(0)).destination.subset == "v2"

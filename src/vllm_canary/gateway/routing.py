@@ -18,7 +18,7 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 CLUSTER_SUFFIX = "svc.cluster.local"
 
@@ -31,7 +31,7 @@ class StringMatch:
 
     kind: MatchKind
     value: str = ""
-    pattern: re.Pattern[str] | None = None
+    pattern: Any = None  # a compiled RE2 pattern (re2._Regexp): Envoy's regex engine
 
     def matches(self, text: str | None, ignore_case: bool = False) -> bool:
         if text is None:
