@@ -30,7 +30,7 @@ from vllm_canary.server.engines.base import (
     Usage,
 )
 from vllm_canary.server.httperrors import expect_handler
-from vllm_canary.server.metrics import ServerMetrics
+from vllm_canary.server.metrics import ServerMetrics, model_label
 from vllm_canary.server.requestlog import RequestLog, sampled
 from vllm_canary.server.settings import ServeSettings
 from vllm_canary.server.shadow import ShadowMetrics, is_shadow
@@ -106,12 +106,7 @@ class ModelServer:
 
     async def start(self) -> None:
         await self.engine.start()
-        if not self.model:
-            self.model = next(iter(self.engine.model_names()), "")
-        if not self.model:  # the upstream did not answer yet: say how to pin the label
-            self.model = "unknown"
-            log.warning("no model name known at start (upstream not reachable?): metrics are "
-                        "labelled model=\"unknown\"; pass --model-name to set it")
+        self.model = model_label(self.model, self.engine.model_names())
         self.metrics = ServerMetrics(self.registry, self.version, self.model, self.engine.name)
         self.shadow_metrics = ShadowMetrics(self.registry, self.version, self.model)
 

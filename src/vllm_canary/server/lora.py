@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 
 from vllm_canary.errors import UserError
+from vllm_canary.server.engines.vllm import flag_value
 from vllm_canary.server.settings import VERSION_PATTERN
 
 # The request header the VirtualService sets on an adapter version's route.
@@ -261,17 +262,6 @@ class LoraPlan:
     env: dict[str, str]
 
 
-def _flag(args: list[str], flag: str) -> str | None:
-    """The last value of `--flag V` / `--flag=V` in args, as argparse reads it."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
 def lora_plan(settings: Any) -> LoraPlan:
     """The plan for ServeSettings with `lora`/`enable_lora`: `--enable-lora`, `--max-lora-rank`
     (what the adapters need, at least 16, unless given) and `--max-loras` are added to the
@@ -287,7 +277,7 @@ def lora_plan(settings: Any) -> LoraPlan:
         folder, rank = read_adapter(path)
         adapters.append(StartAdapter(version, name, folder, rank))
     args = list(settings.vllm_args)
-    given = _flag(args, "--max-lora-rank")
+    given = flag_value(args, "--max-lora-rank")
     try:
         max_rank = int(given) if given else (settings.max_lora_rank or
                                              max_rank_for(a.rank for a in adapters))
@@ -304,7 +294,7 @@ def lora_plan(settings: Any) -> LoraPlan:
         args.append("--enable-lora")
     if given is None:
         args += ["--max-lora-rank", str(max_rank)]
-    if _flag(args, "--max-loras") is None:
+    if flag_value(args, "--max-loras") is None:
         args += ["--max-loras", str(settings.max_loras)]
     return LoraPlan(tuple(adapters), max_rank, args, dict(RUNTIME_ENV))
 

@@ -3,6 +3,8 @@ rollout analysis query them); every series carries `version` and `model` labels.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -19,6 +21,19 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.0
 UTIL_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 LABELS = ("version", "model")
 EXPECTED_STATUSES = ("200", "400", "404", "413", "499", "500", "502", "503", "504")
+
+log = logging.getLogger("vllm_canary.server")
+
+
+def model_label(configured: str, served: Iterable[str]) -> str:
+    """The `model` label of a server's series: the configured name, else the engine's first
+    served model, else "unknown" (an upstream that did not answer at start), with a warning
+    that says how to pin it."""
+    model = configured or next(iter(served), "")
+    if not model:
+        log.warning("no model name known at start (upstream not reachable?): metrics are "
+                    "labelled model=\"unknown\"; pass --model-name to set it")
+    return model or "unknown"
 
 
 class ServerMetrics:

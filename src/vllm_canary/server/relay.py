@@ -48,7 +48,7 @@ from vllm_canary.gateway.h1server import JSON_HEADERS, H1Server, Incoming
 from vllm_canary.gateway.pipe import forwardable, pipe
 from vllm_canary.server.api import ApiError, decode_json
 from vllm_canary.server.engines.upstream import Relayed
-from vllm_canary.server.metrics import ServerMetrics
+from vllm_canary.server.metrics import ServerMetrics, model_label
 from vllm_canary.server.observe import GENERATION, Observation, endpoint_label
 from vllm_canary.server.requestlog import RequestLog, redact, sampled
 from vllm_canary.server.settings import ServeSettings
@@ -116,12 +116,7 @@ class RelayFront:
 
     async def start(self) -> None:
         await self.engine.start()
-        if not self.model:
-            self.model = next(iter(self.engine.model_names()), "")
-        if not self.model:  # the upstream did not answer yet: say how to pin the label
-            self.model = "unknown"
-            log.warning("no model name known at start (upstream not reachable?): metrics are "
-                        "labelled model=\"unknown\"; pass --model-name to set it")
+        self.model = model_label(self.model, self.engine.model_names())
         self.metrics = ServerMetrics(self.registry, self.version, self.model, self.engine.name)
         self.shadow_metrics = ShadowMetrics(self.registry, self.version, self.model)
         self._watchdog = asyncio.create_task(self._expire_silent(), name="relay-watchdog")

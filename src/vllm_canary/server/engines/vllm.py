@@ -54,7 +54,7 @@ def default_python() -> str:
     return str(cached) if cached.exists() else sys.executable
 
 
-def _flag_value(args: Sequence[str], flag: str) -> str | None:
+def flag_value(args: Sequence[str], flag: str) -> str | None:
     """The last value given for `flag` (`--flag V` or `--flag=V`), as argparse reads it."""
     value = None
     for i, arg in enumerate(args):
@@ -97,8 +97,8 @@ class VllmEngine:
         self.python = python or default_python()
         self.extra_args = list(extra_args)
         # `-- --port N` / `--host H` after the CLI's `--` choose the child's address too.
-        self.host = _flag_value(self.extra_args, "--host") or host
-        explicit_port = _flag_value(self.extra_args, "--port")
+        self.host = flag_value(self.extra_args, "--host") or host
+        explicit_port = flag_value(self.extra_args, "--port")
         self.port = int(explicit_port) if explicit_port else port
         self.startup_timeout = startup_timeout
         self.log_file = Path(log_file) if log_file else None
@@ -123,9 +123,9 @@ class VllmEngine:
         """The child's command line (without our-chosen flags the extra args already set)."""
         argv = [self.python, "-m", "vllm.entrypoints.openai.api_server"]
         argv += ["--model", str(self.model_dir), "--served-model-name", self.model_name]
-        if _flag_value(self.extra_args, "--host") is None:
+        if flag_value(self.extra_args, "--host") is None:
             argv += ["--host", self.host]
-        if _flag_value(self.extra_args, "--port") is None:
+        if flag_value(self.extra_args, "--port") is None:
             argv += ["--port", str(self.port)]
         return argv + self.extra_args
 
