@@ -98,8 +98,8 @@ def test_v2_restarted_mid_analysis_with_30_percent_errors_is_aborted(
     state = tmp_path / "state.json"
     strategy = STRATEGY.replace("downAfter: 5s", "downAfter: 120s")
     servers = [f"v1={stack.url('v1m')}/metrics", f"v2={stack.url('v2m')}/metrics"]
-    flags = ["--admin-url", stack.url("admin"), "--admin-token", stack.token, "--scrape",
-             f"http://127.0.0.1:{procs.free_port()}/metrics", *servers]
+    flags = ["--admin-url", stack.url("admin"), "--admin-token-file", str(stack.token_file),
+             "--scrape", f"http://127.0.0.1:{procs.free_port()}/metrics", *servers]
     with contextlib.ExitStack() as cleanup:
         if source == "prometheus":
             require(promserver.find_binary() is not None, "Prometheus", promserver.INSTALL_HINT)

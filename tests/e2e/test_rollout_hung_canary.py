@@ -28,7 +28,7 @@ def test_v2_that_stops_answering_mid_analysis_is_aborted(tmp_path: Path,
         with LoadGen(stack.url("gw")):
             # the gateway's Istio metrics only: v2's own /metrics (frozen too) would make the
             # controller see it as down; here the analysis must see the timeouts as errors
-            flags = ["--admin-url", stack.url("admin"), "--admin-token", stack.token,
+            flags = ["--admin-url", stack.url("admin"), "--admin-token-file", str(stack.token_file),
                      "--scrape", stack.url("gw_metrics") + "/metrics"]
             proc = start_rollout(tmp_path, stack, state, flags=flags)
             wait_for(state, lambda s: s["phase"] == "Analyzing" and s["step"] == 1)

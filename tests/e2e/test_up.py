@@ -230,6 +230,34 @@ def test_flag_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         out = up(*args)
         assert out.returncode == 2, out.stderr
         assert out.stderr.strip().count("\n") == 0 and words in out.stderr
-    out = up("--v2-error-rate", "2")  # refused by the v2 server: its own words are shown
-    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
-    assert "v2 server did not start" in out.stderr and "error_rate" in out.stderr
+    for args, words in ((("--v2-error-rate", "2"), "--v2-error-rate 2: give a fraction"),
+                        (("--v2-latency-factor", "0"), "--v2-latency-factor 0: give a factor")):
+        out = up(*args)  # refused before anything starts, in the flag's own name
+        assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+        assert words in out.stderr
+
+
+def test_a_background_stack_stops_on_sigint(tmp_path: Path) -> None:
+    """`make up &` from a script starts `up` with SIGINT ignored (POSIX shells do that for
+    background jobs); `kill -INT` must stop it like Ctrl-C, not leave it running."""
+    state = tmp_path / "s.json"
+    ports = [a for flag, port in zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True)
+             for a in (flag, str(port))]
+    proc = subprocess.Popen(
+        [CLI, "up", "--no-prometheus", "--no-console", "--log-dir", str(tmp_path), *ports],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "VLLM_CANARY_STATE": str(state)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for _ in range(600):  # bounded: ~60 s for the stack to be up
+            if state.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert state.exists() and proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert not state.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -18,6 +18,12 @@ def run(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
+def token_file(tmp: Path) -> Path:
+    path = tmp / "admin-token"
+    path.write_text("t\n")
+    return path
+
+
 def one_line_error(out: subprocess.CompletedProcess[str], code: int, words: str) -> None:
     assert out.returncode == code, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
@@ -56,13 +62,13 @@ def test_routes_without_a_stack(tmp_path: Path) -> None:
 
 def test_set_weight_syntax(tmp_path: Path) -> None:
     out = run("routes", "set-weight", "v1=75", "v2", "--admin-url", "http://127.0.0.1:1",
-              "--admin-token", "t", tmp=tmp_path)
+              "--admin-token-file", str(token_file(tmp_path)), tmp=tmp_path)
     one_line_error(out, 2, "expected SUBSET=WEIGHT")
 
 
 def test_admin_api_not_reachable(tmp_path: Path) -> None:
     out = run("routes", "get", "--admin-url", f"http://127.0.0.1:{procs.free_port()}",
-              "--admin-token", "t", tmp=tmp_path)
+              "--admin-token-file", str(token_file(tmp_path)), tmp=tmp_path)
     one_line_error(out, 1, "is not reachable")
 
 
@@ -80,8 +86,8 @@ def test_unreadable_yaml_files_are_one_line(tmp_path: Path) -> None:
 
 
 def test_admin_url_that_is_not_a_url(tmp_path: Path) -> None:
-    out = run("routes", "get", "--admin-url", "127.0.0.1:15000", "--admin-token", "t",
-              tmp=tmp_path)
+    out = run("routes", "get", "--admin-url", "127.0.0.1:15000", "--admin-token-file",
+              str(token_file(tmp_path)), tmp=tmp_path)
     one_line_error(out, 2, "is not an http:// URL")
 
 
@@ -90,6 +96,17 @@ def test_admin_token_is_never_a_flag(tmp_path: Path) -> None:
                        tmp=tmp_path), 2, "--admin-token-file")
     one_line_error(run("gateway", "--upstream", "v1=http://127.0.0.1:1", "--admin-token-file",
                        str(tmp_path / "missing"), tmp=tmp_path), 2, "cannot read it")
+
+
+def test_a_client_token_on_argv_still_works_with_a_warning(tmp_path: Path) -> None:
+    """Issue 14: argv shows in `ps`, so clients read the token from $VLLM_CANARY_ADMIN_TOKEN
+    or --admin-token-file; --admin-token (old scripts) is used with a one-line warning."""
+    out = run("routes", "get", "--admin-url", f"http://127.0.0.1:{procs.free_port()}",
+              "--admin-token", "t", tmp=tmp_path)
+    first, second = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "shows the token in `ps`" in first
+    assert "is not reachable" in second and "Traceback" not in out.stderr
+    assert "--admin-token " not in run("routes", "get", "--help", tmp=tmp_path).stdout
 
 
 def test_a_remote_admin_bind_needs_allow_remote(tmp_path: Path) -> None:

@@ -272,7 +272,7 @@ async def test_reports_are_listed_and_served_inside_their_folder(client: Any,
 
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--port", "0"], "not a TCP port"),
-    (["--admin-url", "http://127.0.0.1:1"], "needs --admin-token"),
+    (["--admin-url", "http://127.0.0.1:1"], "needs $VLLM_CANARY_ADMIN_TOKEN or --admin-token-file"),
     (["--prometheus", "localhost:9090"], "not an http:// URL"),
     (["--dashboard", "/nonexistent/d.json"], "dashboard /nonexistent/d.json"),
     (["--scrape-interval", "soon"], "--scrape-interval"),

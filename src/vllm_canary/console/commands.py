@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from vllm_canary import procs, stackstate
 from vllm_canary.console import dashboard as dash
 from vllm_canary.console.server import ConsoleConfig, is_loopback, serve
 from vllm_canary.errors import UserError
+from vllm_canary.gateway.adminclient import add_token_flags, token_from_args
 from vllm_canary.rollout import state as rollout_state
 from vllm_canary.rollout.strategy import parse_duration
 
@@ -24,14 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="web console: the vLLM-SRE dashboard, topology, rollout, quality, routes",
         description="Serve the live console (default http://127.0.0.1:3000). With no flags it "
         "reads the running local stack (`vllm-canary up`); else give --prometheus and "
-        "--admin-url (token: --admin-token or $VLLM_CANARY_ADMIN_TOKEN; it stays server-side).",
+        "--admin-url (token: $VLLM_CANARY_ADMIN_TOKEN or --admin-token-file; it stays "
+        "server-side).",
     )
     p.add_argument("--prometheus", metavar="URL", help="Prometheus base URL, e.g. "
                    "http://localhost:9090 (default: the local stack's)")
     p.add_argument("--admin-url", metavar="URL", help="gateway admin API, e.g. "
                    "http://localhost:15000 (default: the local stack's)")
-    p.add_argument("--admin-token", help="admin API bearer token (default "
-                   "$VLLM_CANARY_ADMIN_TOKEN, else the local stack's)")
+    add_token_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     p.add_argument("--port", type=int, default=3000, help="listen port (default 3000)")
     p.add_argument("--allow-host", action="append", default=[], metavar="HOST:PORT",
@@ -68,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
         if url and not url.startswith(("http://", "https://")):
             raise UserError(f"{flag} {url!r} is not an http:// URL")
     prometheus, admin_url = args.prometheus, args.admin_url
-    token = args.admin_token or os.environ.get("VLLM_CANARY_ADMIN_TOKEN")
+    token = token_from_args(args)
     if not (prometheus and admin_url and token):
         local = stackstate.load()
         if local is not None:
@@ -76,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
             if not admin_url or admin_url.rstrip("/") == local.admin_url:
                 admin_url, token = local.admin_url, token or local.admin_token
     if admin_url and not token:
-        raise UserError("--admin-url needs --admin-token (or $VLLM_CANARY_ADMIN_TOKEN)")
+        raise UserError("--admin-url needs $VLLM_CANARY_ADMIN_TOKEN or --admin-token-file")
     path = args.dashboard or dash.default_dashboard_path()
     dash.load(path)  # a bad dashboard file is one line now, not a broken page later
     return ConsoleConfig(

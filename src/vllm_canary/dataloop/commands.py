@@ -119,18 +119,19 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow_mirror(args: argparse.Namespace) -> int:
-    from vllm_canary.gateway.adminclient import AdminClient
+    from vllm_canary.gateway.adminclient import AdminClient, token_from_args
 
     if not 0 <= args.percent <= 100:
         raise UserError(f"mirror percentage {args.percent:g} is not between 0 and 100")
-    answer = AdminClient.locate(args.admin_url, args.admin_token).set_mirror(args.percent,
-                                                                             args.subset)
+    answer = AdminClient.locate(args.admin_url, token_from_args(args)).set_mirror(
+        args.percent, args.subset)
     mirror = answer.get("mirror") or {}
+    weights = "  ".join(f"{k}={v:g}" for k, v in (answer.get("weights") or {}).items())
     if mirror:
         print(f"mirroring {mirror['percent']:g}% of the split traffic to {mirror['subset']} "
-              f"(weights {answer.get('weights')})")
+              f"(weights {weights})")
     else:
-        print(f"no mirror (weights {answer.get('weights')})")
+        print(f"no mirror (weights {weights})")
     return 0
 
 
@@ -242,6 +243,8 @@ def cmd_loop_daily(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from vllm_canary.gateway.adminclient import add_token_flags
+
     """Add this area's sub-commands to the top-level parser."""
     p = sub.add_parser("sample", help="sample a day's real prompts and answer them with v1 and v2")
     p.add_argument("--logs", type=Path, nargs="+", required=True,
@@ -276,7 +279,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("percent", type=float, help="percent of the split traffic to mirror")
     m.add_argument("--subset", default="v2", help="the version that answers in shadow")
     m.add_argument("--admin-url", help="gateway admin API (default: the running local stack)")
-    m.add_argument("--admin-token", help="admin token (or $VLLM_CANARY_ADMIN_TOKEN)")
+    add_token_flags(m)
     m.set_defaults(handler=cmd_shadow_mirror)
 
     ls = sub.add_parser("labelstudio", help="Label Studio: export tasks, push, pull annotations")

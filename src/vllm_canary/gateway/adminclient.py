@@ -5,16 +5,44 @@ Finds the API from explicit flags, else from the running local stack's state fil
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vllm_canary import stackstate
 from vllm_canary.errors import NotRunningError, UserError
+
+TOKEN_ENV = "VLLM_CANARY_ADMIN_TOKEN"
+
+
+def add_token_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The admin token of a client command: $VLLM_CANARY_ADMIN_TOKEN or --admin-token-file,
+    never argv (what argv holds shows in `ps` to every user of the machine)."""
+    p.add_argument("--admin-token-file", type=Path, metavar="FILE",
+                   help=f"file holding the admin API's bearer token (or ${TOKEN_ENV}; "
+                   "default: the running local stack's)")
+    p.add_argument("--admin-token", help=argparse.SUPPRESS)  # still read, with a warning
+
+
+def token_from_args(args: argparse.Namespace) -> str | None:
+    """The token a client command was given (file, then environment), or None. A token on
+    argv (`--admin-token`, kept for old scripts) is used with a one-line warning."""
+    from vllm_canary.gateway.settings import read_token_file
+
+    if getattr(args, "admin_token", None):
+        print(f"warning: --admin-token shows the token in `ps`; use ${TOKEN_ENV} or "
+              "--admin-token-file", file=sys.stderr)
+        return str(args.admin_token)
+    if getattr(args, "admin_token_file", None) is not None:
+        return read_token_file(args.admin_token_file)
+    return os.environ.get(TOKEN_ENV) or None
 
 
 @dataclass(frozen=True)
@@ -26,15 +54,16 @@ class AdminClient:
     @staticmethod
     def locate(url: str | None = None, token: str | None = None) -> AdminClient:
         """Flags win; else $VLLM_CANARY_ADMIN_TOKEN with --admin-url; else the local stack."""
-        token = token or os.environ.get("VLLM_CANARY_ADMIN_TOKEN")
+        token = token or os.environ.get(TOKEN_ENV)
         if url and token:
             return AdminClient(url.rstrip("/"), token)
         state = stackstate.load()
         if state is None:
             if url:
-                raise UserError("--admin-url needs --admin-token (or $VLLM_CANARY_ADMIN_TOKEN)")
+                raise UserError(f"--admin-url needs ${TOKEN_ENV} or --admin-token-file")
             raise NotRunningError("no running local stack found: start one with "
-                                  "`vllm-canary up`, or pass --admin-url and --admin-token")
+                                  "`vllm-canary up`, or pass --admin-url (token: "
+                                  f"${TOKEN_ENV} or --admin-token-file)")
         return AdminClient((url or state.admin_url).rstrip("/"), token or state.admin_token)
 
     def call(self, method: str, path: str, body: Any = None,

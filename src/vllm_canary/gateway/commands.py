@@ -76,8 +76,10 @@ def _run_gateway(args: argparse.Namespace) -> int:
 
 
 def _admin_flags(p: argparse.ArgumentParser) -> None:
+    from vllm_canary.gateway.adminclient import add_token_flags
+
     p.add_argument("--admin-url", help="gateway admin API (default: the running local stack)")
-    p.add_argument("--admin-token", help="admin token (or $VLLM_CANARY_ADMIN_TOKEN)")
+    add_token_flags(p)
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
@@ -99,9 +101,9 @@ def _routes(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from vllm_canary.gateway.adminclient import AdminClient
+    from vllm_canary.gateway.adminclient import AdminClient, token_from_args
 
-    return AdminClient.locate(args.admin_url, args.admin_token)
+    return AdminClient.locate(args.admin_url, token_from_args(args))
 
 
 def _routes_get(args: argparse.Namespace) -> int:

@@ -67,21 +67,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def read_token_file(path: Path) -> str:
+    """The one token on the first line of `path` (the admin API's bearer token). Raises
+    UserError, naming --admin-token-file, for a file it cannot read or that holds no token."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8"
+        raise UserError(f"--admin-token-file {path}: cannot read it: {why}") from None
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise UserError(f"--admin-token-file {path}: expected one token on one line")
+    return token
+
+
 def admin_token(settings: GatewaySettings) -> tuple[str, Path | None]:
     """The admin token and, when none was configured, the 0600 file a random one was written
     to. Raises UserError for an unreadable or empty --admin-token-file."""
     if settings.admin_token:
         return settings.admin_token, None
     if settings.admin_token_file is not None:
-        path = settings.admin_token_file
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8"
-            raise UserError(f"--admin-token-file {path}: cannot read it: {why}") from None
-        if not token or any(c.isspace() or not c.isprintable() for c in token):
-            raise UserError(f"--admin-token-file {path}: expected one token on one line")
-        return token, None
+        return read_token_file(settings.admin_token_file), None
     token = secrets.token_urlsafe(24)
     path = state_home() / f"gateway-admin-{settings.admin_port}.token"
     atomic.write_text(path, token + "\n", mode=0o600)

@@ -165,7 +165,20 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _check_drill_flags(args: argparse.Namespace) -> None:
+    """The bad-canary knobs, checked before anything starts and named as the user wrote them
+    (the same bounds as `serve --error-rate/--latency-factor`)."""
+    rate, factor = args.v2_error_rate, args.v2_latency_factor
+    if rate is not None and not 0.0 <= rate <= 1.0:
+        raise UserError(f"--v2-error-rate {rate:g}: give a fraction between 0 and 1 "
+                        "(0.05 = 5% of v2's requests fail)")
+    if factor is not None and not factor > 0.0:
+        raise UserError(f"--v2-latency-factor {factor:g}: give a factor above 0 "
+                        "(1.5 = 50% slower)")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_drill_flags(args)
     if args.routes is not None:
         load_routes(args.routes)  # a bad routes file is a one-line error before anything starts
     running = stackstate.load()
@@ -201,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
     engine_ports = ({v: procs.free_port(args.host) for v in _own_servers(args)}
                     if args.engine == "vllm" else {})
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # A shell starts a background job (`make up &`) with SIGINT ignored, and Python then keeps
+    # it ignored: `kill -INT` must still stop the stack, as Ctrl-C does in a terminal.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for v, port, metrics in (("v1", args.v1_port, args.v1_metrics_port),
                                  ("v2", args.v2_port, args.v2_metrics_port)):
@@ -256,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         mine = stackstate.load()
         if mine is not None and mine.pid == os.getpid():
             stackstate.clear()

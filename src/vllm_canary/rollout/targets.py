@@ -8,6 +8,7 @@ from typing import Any
 
 from vllm_canary import stackstate
 from vllm_canary.errors import NotRunningError, UserError
+from vllm_canary.gateway.adminclient import add_token_flags, token_from_args
 from vllm_canary.rollout.actuators import ACTUATORS, ActuatorError
 from vllm_canary.rollout.actuators.base import Actuator
 from vllm_canary.rollout.metrics import SOURCES
@@ -18,7 +19,7 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target (default: the local stack recorded by `vllm-canary up`)")
     g.add_argument("--target", choices=["gateway", "kubernetes"], default="gateway")
     g.add_argument("--admin-url", help="gateway admin API, e.g. http://127.0.0.1:15000")
-    g.add_argument("--admin-token", help="bearer token of the gateway admin API")
+    add_token_flags(g)
     g.add_argument("--namespace", default="default")
     g.add_argument("--virtualservice", default="vllm")
     g.add_argument("--context", help="kubeconfig context")
@@ -41,10 +42,11 @@ def target_from_args(args: argparse.Namespace, actuator_needed: bool = True) -> 
                     "name": args.virtualservice, "context": args.context}
     else:
         url = args.admin_url or (stack.admin_url if stack else None)
-        token = args.admin_token or (stack.admin_token if stack else "")
+        token = token_from_args(args) or (stack.admin_token if stack else "")
         if not url:
             raise NotRunningError("no local stack is running: start it with `vllm-canary up`, "
-                                  "or pass --admin-url and --admin-token")
+                                  "or pass --admin-url (token: $VLLM_CANARY_ADMIN_TOKEN or "
+                                  "--admin-token-file)")
         actuator = {"kind": "gateway", "admin_url": url, "token": token}
     prom = args.prometheus or (stack.prometheus_url if stack and args.scrape is None else None)
     # LoRA versions share their base's pods: Istio counts their requests as the base's.
