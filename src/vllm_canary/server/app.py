@@ -301,19 +301,13 @@ class ModelServer:
         assert metrics is not None
         elapsed = time.perf_counter() - trace.started
         ttft = None if trace.first_token_at is None else trace.first_token_at - trace.started
+        usage = trace.usage
+        counts = (usage.prompt_tokens if usage else None,
+                  usage.completion_tokens if usage else None)
         if trace.shadow and self.shadow_metrics is not None:  # never in the served series
-            usage = trace.usage
-            self.shadow_metrics.record(trace.status, elapsed, ttft,
-                                       usage.prompt_tokens if usage else None,
-                                       usage.completion_tokens if usage else None)
+            self.shadow_metrics.record(trace.status, elapsed, ttft, *counts)
         else:
-            metrics.count(trace.status)
-            metrics.latency.observe(elapsed)
-            if ttft is not None:
-                metrics.ttft.observe(ttft)
-            if trace.usage is not None:
-                metrics.prompt_tokens.inc(trace.usage.prompt_tokens)
-                metrics.generation_tokens.inc(trace.usage.completion_tokens)
+            metrics.record(trace.status, elapsed, ttft, *counts)
         if self.request_log is None or gen is None:
             return
         if not sampled(gen.request_id, self.request_log.sample_rate):

@@ -96,6 +96,19 @@ class ServerMetrics:
                                                                    **self._labels)
         child.inc()
 
+    def record(self, status: int, latency_s: float, ttft_s: float | None,
+               prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        """Count one served answer (seconds; token counts None when unknown): the served
+        twin of ShadowMetrics.record."""
+        self.count(status)
+        self.latency.observe(latency_s)
+        if ttft_s is not None:
+            self.ttft.observe(ttft_s)
+        if prompt_tokens:
+            self.prompt_tokens.inc(prompt_tokens)
+        if completion_tokens:
+            self.generation_tokens.inc(completion_tokens)
+
     def count_api(self, endpoint: str, status: int) -> None:
         """One relayed request; `endpoint` must come from observe.endpoint_label."""
         key = (endpoint, status)

@@ -369,15 +369,8 @@ class RelayFront:
         if shadow and self.shadow_metrics is not None:
             self.shadow_metrics.record(status, elapsed, ttft, prompt_tokens, completion_tokens)
         else:
-            metrics.count(status)
+            metrics.record(status, elapsed, ttft, prompt_tokens, completion_tokens)
             metrics.count_api(inc.path, status)
-            metrics.latency.observe(elapsed)
-            if ttft is not None:
-                metrics.ttft.observe(ttft)
-            if prompt_tokens:
-                metrics.prompt_tokens.inc(prompt_tokens)
-            if completion_tokens:
-                metrics.generation_tokens.inc(completion_tokens)
         request_log = self.request_log
         if request_log is None or data is None:
             return
