@@ -45,6 +45,34 @@ def token_from_args(args: argparse.Namespace) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
+class ApiRefused(Exception):
+    """An admin API answered with an HTTP error: its status and the message of its
+    OpenAI-style body (or `HTTP <status>` when the body has none)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status, self.message = status, message
+
+
+def call_json(method: str, url: str, token: str, body: Any = None,
+              timeout: float = 10.0) -> dict[str, Any]:
+    """One bearer-token JSON request to an admin API (ours: the gateway's, a front's LoRA
+    one); the answer's JSON object. Raises ApiRefused for a 4xx/5xx answer and
+    urllib.error.URLError / OSError when nothing answered."""
+    req = urllib.request.Request(
+        url, json.dumps(body).encode() if body is not None else None, method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return dict(json.load(resp))
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {exc.code}"
+        raise ApiRefused(exc.code, str(message)) from None
+
+
 @dataclass(frozen=True)
 class AdminClient:
     url: str
@@ -70,24 +98,13 @@ class AdminClient:
              query: dict[str, str] | None = None) -> dict[str, Any]:
         """One request; a 4xx/5xx answer becomes a UserError carrying the API's message."""
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        data = json.dumps(body).encode() if body is not None else None
-        try:
-            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                raise ValueError(url)
-            req = urllib.request.Request(url, data=data, method=method, headers={
-                "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        except ValueError:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise UserError(f"gateway admin API URL {self.url!r} is not an http:// URL; give "
-                            "e.g. http://127.0.0.1:15000") from None
+                            "e.g. http://127.0.0.1:15000")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return dict(json.load(resp))
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.load(exc)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {exc.code}"
-            raise UserError(f"gateway admin API: {exc.code} {message}") from None
+            return call_json(method, url, self.token, body, self.timeout)
+        except ApiRefused as exc:
+            raise UserError(f"gateway admin API: {exc}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NotRunningError(f"gateway admin API at {self.url} is not reachable "

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from vllm_canary import stackstate
 from vllm_canary.errors import NotRunningError, UserError
+from vllm_canary.gateway.adminclient import ApiRefused, call_json
 
 ADMIN_PATH = "/vllm-canary/lora"
 
@@ -33,23 +33,15 @@ class LoraClient:
     timeout: float = 180.0  # loading an adapter reads it from disk
 
     def call(self, method: str, path: str = "", body: Any = None) -> dict[str, Any]:
-        req = urllib.request.Request(
-            self.url + ADMIN_PATH + path, json.dumps(body).encode() if body is not None else None,
-            {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-            method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return dict(json.load(resp))
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.load(exc)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {exc.code}"
-            if exc.code == 404 and not path:
+            return call_json(method, self.url + ADMIN_PATH + path, self.token, body,
+                             self.timeout)
+        except ApiRefused as exc:
+            if exc.status == 404 and not path:
                 raise UserError(f"{self.url} does not serve LoRA versions (start it with "
                                 "`serve --lora ...` or `--enable-lora`, or `up --lora-v2 DIR`)"
                                 ) from None
-            raise UserError(f"{self.url}: {exc.code} {message}") from None
+            raise UserError(f"{self.url}: {exc}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NotRunningError(f"model server {self.url} is not reachable ({reason})") from None
