@@ -157,27 +157,25 @@ class _Parser:
         if kind == "name":
             if self.peek() == ("op", "("):
                 self.take()
-                args = []
-                while self.peek() != ("op", ")"):
-                    args.append(self.expression())
-                    if self.peek() == ("op", ","):
-                        self.take()
-                self.take(")")
-                return Node("call", val, tuple(args))
+                return Node("call", val, self.items(")"))
             return Node("name", val)
         if (kind, val) == ("op", "("):
             node = self.expression()
             self.take(")")
             return node
         if (kind, val) == ("op", "["):
-            items = []
-            while self.peek() != ("op", "]"):
-                items.append(self.expression())
-                if self.peek() == ("op", ","):
-                    self.take()
-            self.take("]")
-            return Node("array", None, tuple(items))
+            return Node("array", None, self.items("]"))
         raise ExprError(f"unexpected token {val!r}")
+
+    def items(self, close: str) -> tuple[Node, ...]:
+        """Comma-separated expressions up to and including `close` (call arguments, arrays)."""
+        out = []
+        while self.peek() != ("op", close):
+            out.append(self.expression())
+            if self.peek() == ("op", ","):
+                self.take()
+        self.take(close)
+        return tuple(out)
 
     def postfix(self, node: Node) -> Node:
         while self.peek() == ("op", "["):
