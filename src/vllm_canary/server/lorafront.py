@@ -257,9 +257,8 @@ class LoraFront:
         self._error(inc, 500, f"injected failure for {adapter.version} (--lora-error-rate)",
                     version=adapter.version)
         if front.metrics is not None:
-            front.metrics.count(500)
+            front.metrics.record(500, time.perf_counter() - started, None, None, None)
             front.metrics.count_api(inc.path, 500)
-            front.metrics.latency.observe(time.perf_counter() - started)
 
     # -- admin API ---------------------------------------------------------------------------
     def view(self) -> dict[str, Any]:
